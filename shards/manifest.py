@@ -1,0 +1,84 @@
+"""The shard set's manifest: written last and atomically; its presence marks a finished set."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+from .errors import ShardError
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def fsync_dir(path: str) -> None:
+    """Make a rename inside `path` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: str, data: Any) -> None:
+    """Write to a temporary name, fsync, then rename: readers see the old file or the new one."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, separators=(",", ":"))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def write_manifest(directory: str, data: dict[str, Any]) -> str:
+    path = os.path.join(directory, MANIFEST_NAME)
+    write_json_atomic(path, data)
+    return path
+
+
+def read_manifest(directory: str) -> dict[str, Any]:
+    """The manifest of a finished shard set; a ShardError if the set is unfinished or not one."""
+    path = os.path.join(directory, MANIFEST_NAME)
+    if not os.path.isdir(directory):
+        raise ShardError(f"{directory}: no such shard directory")
+    if not os.path.isfile(path):
+        raise ShardError(
+            f"{directory} has no {MANIFEST_NAME}: preprocessing did not finish; re-run "
+            "`python -m shards coco|mpii|synth ... --out` into the same directory to complete it")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ShardError(f"{path}: unreadable manifest ({e})") from None
+    if not isinstance(data, dict) or "shards" not in data:
+        raise ShardError(f"{path}: field 'shards' missing: not a shard-set manifest")
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ShardError(f"{path}: field 'format_version' is {version!r}, this code reads {FORMAT_VERSION}")
+    return data
+
+
+def shard_paths(directory: str) -> list[str]:
+    """Absolute paths of the shards, in manifest order."""
+    manifest = read_manifest(directory)
+    return [os.path.join(os.path.abspath(directory), s["name"]) for s in manifest["shards"]]
+
+
+def load_ground_truth(directory: str) -> dict[str, Any]:
+    """The evaluation ground truth stored in the manifest (COCO json subset, or MPII joints)."""
+    return read_manifest(directory)["ground_truth"]
+
+
+def sha256_file(path: str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

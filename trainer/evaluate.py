@@ -1,0 +1,163 @@
+"""Distributed evaluation: each rank predicts its part of the val shards (flip test, decoding,
+mapping back to image pixels); rank 0 gathers every sample and scores COCO AP or MPII PCKh.
+
+Scoring refuses an incomplete val set (a dropped or doubled sample silently changes AP) unless
+`eval.allow_incomplete` is set.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from shards.manifest import read_manifest
+from shards.schema import KeypointSchema
+from trainer import dist
+from trainer.codec import HeatmapCodec, flip_heatmaps
+from trainer.config import Config
+from trainer.data import build_eval_loader, normalize_images
+from trainer.metrics import build_coco_results, coco_keypoint_eval, label_metrics, pckh_table
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+class IncompleteEvaluation(RuntimeError):
+    """Some val samples were not predicted (or predicted twice)."""
+
+
+def predict_heatmaps(forward: Forward, images: torch.Tensor, flip_permutation: list[int] | None,
+                     flip_shift: bool) -> torch.Tensor:
+    """Last-stack heatmaps [N,K,h,w] in fp32; with a permutation, averaged with the mirrored pass."""
+    heatmaps = forward(images)[:, -1].float()
+    if flip_permutation is not None:
+        mirrored = forward(torch.flip(images, dims=[3]))[:, -1].float()
+        heatmaps = 0.5 * (heatmaps + flip_heatmaps(mirrored, flip_permutation, shift=flip_shift))
+    return heatmaps
+
+
+def to_image_pixels(coords: np.ndarray, input_to_image: np.ndarray) -> np.ndarray:
+    """Apply each sample's 2x3 affine (network input px -> original image px) to [N,K,2] points."""
+    return np.einsum("nij,nkj->nki", input_to_image[:, :, :2], coords) + input_to_image[:, None, :, 2]
+
+
+def predict_samples(forward: Forward, config: Config, world: dist.WorldInfo, device: torch.device,
+                    codec: HeatmapCodec, schema: KeypointSchema, shards: str, flip: bool,
+                    dtype: torch.dtype = torch.float32) -> list[dict[str, Any]]:
+    """This rank's predictions, one record per sample, keypoints [K,3] (x, y, score) in image px."""
+    permutation = schema.flip_permutation() if flip else None
+    records: list[dict[str, Any]] = []
+    batches = iter(build_eval_loader(config, world.rank, world.world_size, shards))
+    dummy: torch.Tensor | None = None
+    with torch.no_grad():
+        while True:
+            batch = next(batches, None)
+            # Sharded models (ZeRO-3) gather weights collectively in forward: every rank must run
+            # the same number of forwards, so a rank that ran out runs a dummy batch.
+            if not dist.any_rank_true(batch is not None):
+                break
+            if batch is None:
+                predict_heatmaps(forward, dummy, permutation, config.eval.flip_shift)
+                continue
+            images = normalize_images(batch["image"], device, dtype, config.model.channels_last)
+            dummy = images[:1] if dummy is None else dummy
+            heatmaps = predict_heatmaps(forward, images, permutation, config.eval.flip_shift)
+            coords, scores = codec.decode(heatmaps, refine=config.codec.refine)
+            image_coords = to_image_pixels(coords.cpu().double().numpy(), batch["input_to_image"].numpy())
+            scores = scores.cpu().numpy()
+            for i, key in enumerate(batch["key"]):
+                records.append({
+                    "key": key, "image_id": int(batch["image_id"][i]),
+                    "annotation_id": int(batch["annotation_id"][i]),
+                    "keypoints": np.concatenate([image_coords[i], scores[i][:, None]], axis=1).tolist(),
+                    "box_score": float(batch["score"][i]), "area": float(batch["area"][i]),
+                })
+    return records
+
+
+def gather_predictions(records: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """All ranks' records on rank 0 (None elsewhere)."""
+    parts = dist.all_gather_objects(records)
+    return [r for part in parts for r in part] if parts is not None else None
+
+
+def score(records: list[dict[str, Any]], manifest: dict[str, Any], schema: KeypointSchema,
+          allow_incomplete: bool) -> dict[str, float]:
+    """Metrics for a whole val set; the set's records must cover the manifest exactly once."""
+    keys = [r["key"] for r in records]
+    expected = manifest["num_samples"]
+    duplicates = len(keys) - len(set(keys))
+    if (len(set(keys)) != expected or duplicates) and not allow_incomplete:
+        raise IncompleteEvaluation(
+            f"evaluation saw {len(set(keys))} distinct samples ({duplicates} duplicates) of the "
+            f"{expected} in the val manifest: metrics would be wrong. Fix the shards (python -m "
+            f"shards verify) or set eval.allow_incomplete=true to report them anyway")
+    records = list({r["key"]: r for r in records}.values())
+    if manifest["dataset"] == "mpii":
+        return score_mpii(records, manifest["ground_truth"])
+    return score_coco(records, manifest, schema)
+
+
+def score_coco(records: list[dict[str, Any]], manifest: dict[str, Any], schema: KeypointSchema) -> dict[str, float]:
+    box_source = manifest.get("boxes", "gt")
+    box_source = "detector" if box_source in ("detector", "detections") else "gt"
+    results = build_coco_results(
+        box_source, [r["image_id"] for r in records],
+        np.array([r["keypoints"] for r in records], dtype=np.float64).reshape(len(records), -1, 3),
+        box_scores=np.array([r["box_score"] for r in records]),
+        areas=np.array([r["area"] for r in records]), sigmas=schema.sigmas)
+    metrics = coco_keypoint_eval(results, manifest["ground_truth"], sigmas=schema.sigmas)
+    # The unlabelled names (AP, AR, ...) are the ones a config's eval.metric refers to.
+    return {**metrics, **label_metrics(metrics, box_source)}
+
+
+def score_mpii(records: list[dict[str, Any]], ground_truth: dict[str, Any]) -> dict[str, float]:
+    people = ground_truth["people"]
+    records = [r for r in records if r["key"] in people]
+    pred = np.array([[k[:2] for k in r["keypoints"]] for r in records], dtype=np.float64)
+    gt = np.array([people[r["key"]]["joints"] for r in records], dtype=np.float64)
+    visible = np.array([[v > 0 for v in people[r["key"]]["visibility"]] for r in records])
+    head = np.array([people[r["key"]]["head_size"] for r in records], dtype=np.float64)
+    table = pckh_table(pred, gt, visible, head)
+    return {**table, "PCKh": table["pckh0.5/mean"]}
+
+
+def evaluate(backend: Any, config: Config, world: dist.WorldInfo, device: torch.device,
+             codec: HeatmapCodec, schema: KeypointSchema, shards: str,
+             dtype: torch.dtype = torch.float32, out_path: str | None = None) -> dict[str, float]:
+    """Evaluate the backend's model on `shards`; the metrics on every rank (broadcast from rank 0)."""
+    backend.model.eval()
+
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        with backend.autocast():
+            return backend.model(backend.cast_inputs(images))
+
+    records = predict_samples(forward, config, world, device, codec, schema, shards,
+                              flip=config.eval.flip_test, dtype=dtype)
+    everything = gather_predictions(records)
+    metrics: dict[str, float] | None = None
+    error: str | None = None
+    if world.is_main:
+        try:
+            metrics = score(everything, read_manifest(shards), schema, config.eval.allow_incomplete)
+        except IncompleteEvaluation as incomplete:
+            error = str(incomplete)
+        if out_path and everything is not None:
+            with open(out_path, "w") as handle:
+                json.dump(everything, handle)
+    metrics, error = dist.broadcast_object((metrics, error))
+    if error:
+        raise IncompleteEvaluation(error)
+    return metrics
+
+
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module):
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
