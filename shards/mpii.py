@@ -3,7 +3,8 @@
 json convention: a list of {image, center, scale, joints (16x2, -1 where unlabelled),
 joints_vis}; optional `head_box` [x1, y1, x2, y2] or `head_size`. Without either, the head size
 is estimated from the upper-neck/head-top distance (counted in the manifest): use the .mat for
-official PCKh head boxes. Keypoint v: 2 visible, 1 labelled but hidden (joints_vis 0 with
+official PCKh head boxes. Both formats use MATLAB's 1-based pixels: records are 0-based.
+Keypoint v: 2 visible, 1 labelled but hidden (joints_vis 0 with
 coordinates), 0 unlabelled. image_id = index of the image in the file, annotation_id = index of
 the person in that image.
 """
@@ -91,7 +92,7 @@ class _Builder:
 def _keypoint(x: float, y: float, vis: float) -> list[float]:
     if x < 0 and y < 0:  # the convention marks unlabelled joints (-1, -1)
         return [0.0, 0.0, 0]
-    return [x, y, 2 if vis > 0 else 1]
+    return [x - 1.0, y - 1.0, 2 if vis > 0 else 1]  # MATLAB's 1-based pixels -> 0-based
 
 
 def load_mpii_json(path: str, images_dir: str, schema: KeypointSchema) -> Source:
@@ -116,7 +117,7 @@ def load_mpii_json(path: str, images_dir: str, schema: KeypointSchema) -> Source
             x1, y1, x2, y2 = numbers_list(ann["head_box"], 4, path, f"{where}.head_box")
             head_size = 0.6 * math.hypot(x2 - x1, y2 - y1)
         kps = [_keypoint(j[0], j[1], v) for j, v in zip(joints, vis)]
-        builder.add(name, center, scale, kps, head_size)
+        builder.add(name, [center[0] - 1.0, center[1] - 1.0], scale, kps, head_size)
     return builder.source({"annotations": file_info(path), "images_dir": images_dir})
 
 
@@ -149,7 +150,7 @@ def _rect_keypoints(rect: Any, k: int) -> list[list[float]] | None:
         if jid is None or x is None or y is None or not 0 <= jid < k:
             continue
         vis = _scalar(getattr(p, "is_visible", None), default=1.0)  # empty means visible in RELEASE
-        kps[int(jid)] = [x, y, 2 if vis > 0 else 1]
+        kps[int(jid)] = [x - 1.0, y - 1.0, 2 if vis > 0 else 1]  # 1-based -> 0-based
     return kps
 
 
@@ -189,7 +190,7 @@ def load_mpii_mat(path: str, images_dir: str, schema: KeypointSchema) -> Source:
             head = [_scalar(getattr(rect, f, None)) for f in ("x1", "y1", "x2", "y2")]
             head_size = (0.6 * math.hypot(head[2] - head[0], head[3] - head[1])
                          if None not in head else None)
-            builder.add(name, [_scalar(objpos.x), _scalar(objpos.y)], scale, kps, head_size)
+            builder.add(name, [_scalar(objpos.x) - 1.0, _scalar(objpos.y) - 1.0], scale, kps, head_size)
     return builder.source({"annotations": file_info(path), "images_dir": images_dir})
 
 

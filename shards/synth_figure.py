@@ -176,7 +176,7 @@ def draw_figure(canvas: np.ndarray, fig: Figure, mask: np.ndarray | None, label:
     up = p[J["head_top"]] - p[J["upper_neck"]]
     angle = math.degrees(math.atan2(up[1], up[0])) + 90.0
     _ellipse(canvas, mask, head_c, (0.052 * h, 0.068 * h), angle, col["skin"], label)
-    _ellipse(canvas, None, head_c - up * 0.22, (0.05 * h, 0.04 * h), angle, col["hair"], label)
+    _ellipse(canvas, None, head_c + up * 0.2, (0.05 * h, 0.04 * h), angle, col["hair"], label)
     for side in ("left", "right"):  # a far-turned face hides one ear
         if (side == "left" and fig.yaw > -0.5) or (side == "right" and fig.yaw < 0.5):
             _ellipse(canvas, None, p[J[f"{side}_ear"]], (0.012 * h, 0.02 * h), angle, _shade(col["skin"], 0.8), label)
@@ -200,8 +200,10 @@ def background(rng: np.random.Generator, width: int, height: int, clutter: int) 
     img = c1 + (c2 - c1) * ((t - t.min()) / (np.ptp(t) + 1e-6))[..., None]
     for octave in range(1, 7):  # large blobs to fine texture
         cells = 2 ** octave
-        small = rng.normal(0.0, 1.0, (cells * height // width + 2, cells + 2, 3)).astype(np.float32)
-        amp = 38.0 * 0.62 ** octave
+        shape = (cells * height // width + 2, cells + 2)
+        small = rng.normal(0.0, 1.0, shape + (1,)) + 0.35 * rng.normal(0.0, 1.0, shape + (3,))
+        small = small.astype(np.float32)  # mostly brightness, a little colour, as in photos
+        amp = 45.0 * 0.7 ** octave
         img += amp * cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
     img = np.clip(img, 0, 255).astype(np.uint8)
     for _ in range(clutter):

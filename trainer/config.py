@@ -252,7 +252,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+def set_dotted(data: dict, dotted: str, value: Any) -> None:
     node = data
     parts = dotted.split(".")
     for part in parts[:-1]:
@@ -357,7 +357,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         data, origins = _load_with_bases(Path(path))
     for text in overrides:
         key, value = parse_override(text)
-        _set_dotted(data, key, value)
+        set_dotted(data, key, value)
         _record_origins(origins, key, value, "command line")
     config = _build(Config, data, "", origins)
     validate(config, str(path) if path else "command line", origins)

@@ -1,0 +1,130 @@
+"""python -m shards {coco, mpii, synth, verify, inspect}: see docs/shards.md."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from .errors import ShardError
+
+
+def _add_write_options(p: argparse.ArgumentParser) -> None:
+    from .crop import CropSettings
+
+    d = CropSettings()
+    p.add_argument("--annotations", required=True, help="annotation file")
+    p.add_argument("--images", required=True, help="folder of the images named in the annotations")
+    p.add_argument("--out", required=True, help="shard directory to write")
+    p.add_argument("--split", default="train")
+    p.add_argument("--schema", default=None, help="coco17, mpii16 or a YAML file (default: the data set's)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--samples-per-shard", type=int, default=1000)
+    p.add_argument("--max-side", type=int, default=d.max_side, help="longest side of a stored crop (px)")
+    p.add_argument("--context", type=float, default=d.context,
+                   help="crop side / longest side of the person box")
+    p.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m shards", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    coco = sub.add_parser("coco", help="COCO person_keypoints json + images -> shards")
+    _add_write_options(coco)
+    coco.add_argument("--detections", help="COCO detection-results json: one record per detector box")
+    coco.add_argument("--score-threshold", type=float, default=0.0,
+                      help="keep detector boxes scoring at least this")
+    mpii = sub.add_parser("mpii", help="MPII json convention or release .mat + images -> shards")
+    _add_write_options(mpii)
+    synth = sub.add_parser("synth", help="write a synthetic data set in the real COCO or MPII format")
+    synth.add_argument("--format", choices=("coco", "mpii"), required=True)
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--images", type=int, default=100, help="training images")
+    synth.add_argument("--val-images", type=int, default=None, help="validation images (default images/4)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--difficulty", default="medium", help="easy, medium, hard or a number in [0, 1]")
+    synth.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    verify = sub.add_parser("verify", help="decode every sample, check it against the manifest")
+    verify.add_argument("dir")
+    inspect = sub.add_parser("inspect", help="contact sheet PNG of samples with skeletons")
+    inspect.add_argument("dir")
+    inspect.add_argument("--out", required=True)
+    inspect.add_argument("--n", type=int, default=16)
+    return parser
+
+
+def _write(args: argparse.Namespace) -> int:
+    from .crop import CropSettings
+    from .schema import load_schema
+    from .write import write_shards
+
+    schema = load_schema(args.schema or ("coco17" if args.command == "coco" else "mpii16"))
+    if args.command == "coco":
+        from .coco import load_coco
+        source = load_coco(args.annotations, args.images, schema, args.detections, args.score_threshold)
+    else:
+        from .mpii import load_mpii
+        source = load_mpii(args.annotations, args.images, schema)
+    if not 1 <= args.jpeg_quality <= 100 or args.max_side < 8 or args.context < 1.0:
+        raise ShardError("--jpeg-quality must be 1..100, --max-side at least 8, --context at least 1")
+    settings = CropSettings(context=args.context, max_side=args.max_side, jpeg_quality=args.jpeg_quality)
+    started = time.perf_counter()
+    manifest = write_shards(
+        source.records, args.out, dataset=args.command, split=args.split, schema=schema,
+        settings=settings, samples_per_shard=args.samples_per_shard, workers=args.workers,
+        annotation_skips=dict(source.skipped), ground_truth=source.ground_truth,
+        sources=source.sources, progress=not args.no_progress)
+    seconds = time.perf_counter() - started
+    skipped = ", ".join(f"{k} {v}" for k, v in manifest["skipped"].items()) or "none"
+    total_bytes = sum(s["bytes"] for s in manifest["shards"])
+    print(f"{manifest['num_samples']} samples in {manifest['num_shards']} shards "
+          f"({total_bytes / 1e6:.1f} MB) in {args.out}, {seconds:.1f} s; skipped: {skipped}")
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from .synth import synth_coco, synth_mpii
+    from .synth_figure import parse_difficulty
+
+    try:
+        difficulty = parse_difficulty(args.difficulty)
+    except ValueError as e:
+        raise ShardError(f"--difficulty: {e}") from None
+    if args.images < 0 or (args.val_images or 0) < 0:
+        raise ShardError("--images and --val-images must not be negative")
+    val = args.val_images if args.val_images is not None else max(1, args.images // 4)
+    make = synth_coco if args.format == "coco" else synth_mpii
+    started = time.perf_counter()
+    counts = make(args.out, args.images, val, args.seed, difficulty, args.workers)
+    print(f"synthetic {args.format}: {args.images} train + {val} val images, "
+          f"{counts['train_people']} + {counts['val_people']} labelled people in {args.out}, "
+          f"{time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command in ("coco", "mpii"):
+            return _write(args)
+        if args.command == "synth":
+            return _synth(args)
+        if args.command == "verify":
+            from .verify import verify
+            problems = verify(args.dir)
+            for p in problems:
+                print(p, file=sys.stderr)
+            print(f"{args.dir}: {'OK' if not problems else f'{len(problems)} problems'}")
+            return 1 if problems else 0
+        from .inspect import contact_sheet
+        drawn = contact_sheet(args.dir, args.out, args.n)
+        print(f"{drawn} samples drawn into {args.out}")
+        return 0
+    except ShardError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

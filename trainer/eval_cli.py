@@ -1,0 +1,85 @@
+"""`python -m trainer eval`: score a checkpoint on a val shard set, or score a predictions file.
+
+Runs as one process or under torchrun (each rank evaluates a disjoint part of the shards).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from shards.manifest import read_manifest
+from shards.schema import load_schema
+from trainer import dist
+from trainer.checkpoint import CheckpointManager, read_checkpoint_config
+from trainer.config import ConfigError, config_from_dict, load_config, parse_override, set_dotted
+from trainer.evaluate import IncompleteEvaluation, gather_predictions, predict_samples, score
+from trainer.metrics import coco_keypoint_eval, format_coco_table, format_pckh_table, load_coco_results
+from trainer.train import build_model, make_codec
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    if bool(args.checkpoint) == bool(args.predictions):
+        raise ConfigError("eval needs exactly one of --checkpoint and --predictions")
+    manifest = read_manifest(args.shards)
+    if args.predictions:
+        return _score_predictions_file(args.predictions, manifest)
+    return _evaluate_checkpoint(args, manifest)
+
+
+def _score_predictions_file(path: str, manifest: dict) -> int:
+    if manifest["dataset"] != "coco":
+        raise ConfigError(f"--predictions takes COCO keypoint results; {manifest['dataset']} shards given")
+    schema = load_schema(manifest["schema"])
+    metrics = coco_keypoint_eval(load_coco_results(path), manifest["ground_truth"], sigmas=schema.sigmas)
+    print(format_coco_table(metrics, title=f"{path} ({manifest.get('boxes', 'gt')} boxes)"))
+    return 0
+
+
+def _checkpoint_config(checkpoint: str, overrides: list[str]):
+    data = read_checkpoint_config(checkpoint)
+    for text in overrides:
+        key, value = parse_override(text)
+        set_dotted(data, key, value)
+    return config_from_dict(data, origin=f"{checkpoint} (saved config) + command line")
+
+
+def _evaluate_checkpoint(args: argparse.Namespace, manifest: dict) -> int:
+    config = _checkpoint_config(args.checkpoint, args.overrides)
+    if args.no_flip:
+        config.eval.flip_test = False
+    if args.allow_incomplete:
+        config.eval.allow_incomplete = True
+    world = dist.world_from_env()
+    device = dist.init_distributed(world, config.dist.timeout_s)
+    try:
+        schema = load_schema(config.data.schema)
+        model = build_model(config, schema.num_keypoints)
+        manager = CheckpointManager(config.checkpoint_dir, 1, False, world, clean_on_start=False)
+        model.load_state_dict(manager.load_weights_only(args.checkpoint))
+        model = model.to(device).eval()
+        if config.model.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        records = predict_samples(model, config, world, device, make_codec(config), schema,
+                                  args.shards, flip=config.eval.flip_test)
+        everything = gather_predictions(records)
+        if not world.is_main:
+            return 0
+        if args.out:
+            with open(args.out, "w") as handle:
+                json.dump(everything, handle)
+        try:
+            metrics = score(everything, manifest, schema, config.eval.allow_incomplete)
+        except IncompleteEvaluation as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 3
+        if manifest["dataset"] == "mpii":
+            print(format_pckh_table(metrics))
+        else:
+            boxes = "detector" if manifest.get("boxes") in ("detector", "detections") else "ground-truth"
+            print(format_coco_table(metrics, title=f"{args.checkpoint} on {args.shards} ({boxes} boxes)"))
+        return 0
+    finally:
+        dist.teardown()

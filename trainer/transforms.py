@@ -1,0 +1,207 @@
+"""Pose augmentation: one affine from the stored crop to the network input, keypoints alongside.
+
+Geometry (cv2 convention: integer coordinates at pixel centres). The person box (in crop pixels,
+padded by `box_padding`, its aspect ratio widened to the input's w/h) defines the base scale;
+random scale, rotation, shift, flip and half-body change that box. Everything is folded into
+ONE 2x3 matrix `crop -> input`, applied with a single bilinear `cv2.warpAffine`, so the image is
+interpolated once and a keypoint at crop pixel p lands exactly on input pixel M @ p.
+
+Flip mirrors the input about its vertical centre line (x -> W - 1 - x) and swaps the left/right
+joints with the schema's flip permutation, so channel k still means the same body part.
+
+Randomness comes from a `numpy.random.Generator` the caller seeds per sample (seed, epoch,
+sample position), never from process state, so results do not depend on worker scheduling.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import cv2
+import numpy as np
+
+from .config import AugmentConfig
+
+# mmpose's RandomHalfBody recipe: box of the chosen half padded by 1.5, upper body preferred 0.7,
+# the chosen half needs a few visible joints of its own.
+HALF_BODY_PADDING = 1.5
+HALF_BODY_UPPER_PROB = 0.7
+HALF_BODY_MIN_UPPER = 2
+HALF_BODY_MIN_LOWER = 3
+
+# keypoint-name fragments of the two halves; a schema whose names all match gets half-body
+_UPPER_WORDS = ("nose", "eye", "ear", "mouth", "head", "neck", "thorax", "shoulder", "elbow", "wrist",
+                "hand", "face")
+_LOWER_WORDS = ("hip", "pelvis", "knee", "ankle", "foot", "heel", "toe")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The sampled parameters, kept for visualisation and debugging."""
+
+    center: tuple[float, float]  # box centre in crop px
+    box_size: tuple[float, float]  # box (w, h) in crop px mapped onto the whole input
+    rotation: float  # degrees, counter-clockwise in the image
+    flip: bool
+
+
+def half_body_groups(keypoint_names: Sequence[str]) -> Optional[tuple[list[int], list[int]]]:
+    """(upper, lower) joint indices from the keypoint names (COCO: 0-10 / 11-16, MPII: 7-15 /
+    0-6); None when some name belongs to neither half (custom schema: no half-body)."""
+    upper, lower = [], []
+    for index, name in enumerate(keypoint_names):
+        lowered = name.lower()
+        if any(word in lowered for word in _LOWER_WORDS):
+            lower.append(index)
+        elif any(word in lowered for word in _UPPER_WORDS):
+            upper.append(index)
+        else:
+            return None
+    return (upper, lower) if upper and lower else None
+
+
+def box_center_size(bbox: Sequence[float], padding: float, aspect: float) -> tuple[np.ndarray, np.ndarray]:
+    """Box [x, y, w, h] -> centre and (w, h) padded and widened to the aspect ratio w/h = aspect."""
+    x, y, w, h = (float(v) for v in bbox)
+    center = np.array([x + w / 2.0, y + h / 2.0])
+    w, h = max(w, 1.0), max(h, 1.0)
+    if w > h * aspect:
+        h = w / aspect
+    else:
+        w = h * aspect
+    return center, np.array([w, h]) * padding
+
+
+def _truncated_normal(rng: np.random.Generator) -> float:
+    """A standard normal cut to [-1, 1] (rejection: a few draws at most, all from `rng`)."""
+    while True:
+        value = rng.standard_normal()
+        if -1.0 <= value <= 1.0:
+            return float(value)
+
+
+def _half_body_box(rng: np.random.Generator, keypoints: np.ndarray, labelled: np.ndarray,
+                   groups: tuple[list[int], list[int]], aspect: float
+                   ) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    upper = [i for i in groups[0] if labelled[i]]
+    lower = [i for i in groups[1] if labelled[i]]
+    prefer_upper = rng.random() < HALF_BODY_UPPER_PROB
+    if prefer_upper and len(upper) >= HALF_BODY_MIN_UPPER:
+        chosen = upper
+    elif len(lower) >= HALF_BODY_MIN_LOWER:
+        chosen = lower
+    elif len(upper) >= HALF_BODY_MIN_UPPER:
+        chosen = upper
+    else:
+        return None
+    points = keypoints[chosen]
+    low, high = points.min(axis=0), points.max(axis=0)
+    center = (low + high) / 2.0
+    w, h = high - low
+    return box_center_size([center[0] - w / 2, center[1] - h / 2, w, h], HALF_BODY_PADDING, aspect)
+
+
+def sample_geometry(rng: Optional[np.random.Generator], bbox: Sequence[float], keypoints: np.ndarray,
+                    labelled: np.ndarray, augment: AugmentConfig, input_size: Sequence[int],
+                    groups: Optional[tuple[list[int], list[int]]]) -> Geometry:
+    """Random box geometry for one person; rng=None gives the plain evaluation geometry."""
+    aspect = input_size[0] / input_size[1]
+    center, size = box_center_size(bbox, augment.box_padding, aspect)
+    if rng is None:
+        return Geometry((float(center[0]), float(center[1])), (float(size[0]), float(size[1])), 0.0, False)
+    if (groups is not None and labelled.sum() >= augment.half_body_min_keypoints
+            and rng.random() < augment.half_body_prob):
+        half = _half_body_box(rng, keypoints, labelled, groups, aspect)
+        if half is not None:
+            center, size = half
+    if rng.random() < augment.scale_prob:
+        low, high = augment.scale_range
+        size = size * rng.uniform(low, high)
+    rotation = 0.0
+    if rng.random() < augment.rotation_prob:
+        rotation = _truncated_normal(rng) * augment.rotation_max
+    if rng.random() < augment.shift_prob:
+        center = center + np.array([_truncated_normal(rng), _truncated_normal(rng)]) * augment.shift_max * size
+    flip = bool(rng.random() < augment.flip_prob)
+    return Geometry((float(center[0]), float(center[1])), (float(size[0]), float(size[1])), float(rotation), flip)
+
+
+def crop_to_input_affine(geometry: Geometry, input_size: Sequence[int]) -> np.ndarray:
+    """2x3 matrix mapping crop px to input px: box centre -> input centre, box -> whole input,
+    rotated by `rotation` degrees, then mirrored when `flip`."""
+    width, height = input_size
+    scale = width / geometry.box_size[0]  # aspect already matches: same scale on both axes
+    angle = math.radians(geometry.rotation)
+    cos, sin = math.cos(angle) * scale, math.sin(angle) * scale
+    # rotate by -angle in image coordinates (y down) so that positive angles turn the person
+    # counter-clockwise on screen, as cv2.getRotationMatrix2D does
+    linear = np.array([[cos, sin], [-sin, cos]])
+    target = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
+    matrix = np.empty((2, 3))
+    matrix[:, :2] = linear
+    matrix[:, 2] = target - linear @ np.asarray(geometry.center)
+    if geometry.flip:
+        matrix[0] = -matrix[0]
+        matrix[0, 2] += width - 1
+    return matrix
+
+
+def invert_affine(matrix: np.ndarray) -> np.ndarray:
+    """Inverse of a 2x3 affine."""
+    return cv2.invertAffineTransform(np.asarray(matrix, np.float64))
+
+
+def compose_affine(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """outer o inner for 2x3 affines (apply inner first)."""
+    outer, inner = np.asarray(outer, np.float64), np.asarray(inner, np.float64)
+    result = np.empty((2, 3))
+    result[:, :2] = outer[:, :2] @ inner[:, :2]
+    result[:, 2] = outer[:, :2] @ inner[:, 2] + outer[:, 2]
+    return result
+
+
+def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Map [..., 2] points through a 2x3 affine."""
+    points = np.asarray(points, np.float64)
+    return points @ matrix[:, :2].T + matrix[:, 2]
+
+
+def warp_image(image: np.ndarray, matrix: np.ndarray, input_size: Sequence[int]) -> np.ndarray:
+    """The single interpolation of the pipeline: bilinear, black outside the stored crop."""
+    return cv2.warpAffine(image, matrix, (int(input_size[0]), int(input_size[1])),
+                          flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def transform_keypoints(keypoints: np.ndarray, labelled: np.ndarray, matrix: np.ndarray, flip: bool,
+                        flip_permutation: Sequence[int], input_size: Sequence[int]
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Crop-px keypoints [K, 2] -> (input-px keypoints [K, 2] float32, weights [K] float32).
+
+    Weight 1 for a labelled joint that lands on an input pixel (-0.5 <= x < W - 0.5, same for y),
+    else 0 (the codec's frame rule). After a flip, joint k takes the coordinates of its mirror."""
+    moved = apply_affine(matrix, keypoints)
+    weights = labelled.astype(np.float32)
+    if flip:
+        order = np.asarray(flip_permutation)
+        moved, weights = moved[order], weights[order]
+    width, height = input_size
+    inside = ((moved[:, 0] >= -0.5) & (moved[:, 0] < width - 0.5)
+              & (moved[:, 1] >= -0.5) & (moved[:, 1] < height - 0.5))
+    weights = weights * inside
+    moved = np.where(weights[:, None] > 0, moved, 0.0)
+    return moved.astype(np.float32), weights.astype(np.float32)
+
+
+def colour_jitter(image: np.ndarray, rng: np.random.Generator, amplitude: float) -> np.ndarray:
+    """Brightness, contrast and saturation factors in [1 - a, 1 + a], on uint8 with cv2 (fast,
+    saturating). The grey for saturation uses BGR weights; on RGB input red and blue weights
+    swap, which does not matter for a random jitter."""
+    if amplitude <= 0:
+        return image
+    brightness, contrast, saturation = rng.uniform(1 - amplitude, 1 + amplitude, size=3)
+    mean = float(image.mean()) * brightness
+    # out = contrast * (brightness * x - mean) + mean, in one saturating pass
+    image = cv2.addWeighted(image, brightness * contrast, image, 0.0, (1.0 - contrast) * mean)
+    grey = cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+    return cv2.addWeighted(image, saturation, grey, 1.0 - saturation, 0.0)
