@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from typing import Any
 
 from .errors import ShardError
 from .record import InstanceRecord, labelled_count

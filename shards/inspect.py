@@ -10,7 +10,7 @@ import tarfile
 import cv2
 import numpy as np
 
-from .manifest import read_manifest
+from .manifest import manifest_schema, read_manifest
 from .schema import KeypointSchema
 
 
@@ -58,7 +58,7 @@ def _samples(directory: str, manifest: dict, n: int):
 def contact_sheet(directory: str, out_path: str, n: int = 16, tile: int = 192) -> int:
     """Write a PNG grid of up to n samples; returns how many were drawn."""
     manifest = read_manifest(directory)
-    schema = KeypointSchema.from_dict(manifest["schema"])
+    schema = manifest_schema(manifest, directory)
     tiles = []
     for key, sample in _samples(directory, manifest, n):
         img = cv2.imdecode(np.frombuffer(sample["jpg"], np.uint8), cv2.IMREAD_COLOR)

@@ -4,9 +4,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ShardError
+
+if TYPE_CHECKING:
+    from .schema import KeypointSchema
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -74,6 +77,16 @@ def shard_paths(directory: str) -> list[str]:
 def load_ground_truth(directory: str) -> dict[str, Any]:
     """The evaluation ground truth stored in the manifest (COCO json subset, or MPII joints)."""
     return read_manifest(directory)["ground_truth"]
+
+
+def manifest_schema(manifest: dict[str, Any], directory: str = "") -> "KeypointSchema":
+    """The keypoint schema the set was written with (custom YAML schemas included)."""
+    from .schema import KeypointSchema
+
+    where = os.path.join(directory, MANIFEST_NAME) + ":keypoint_schema"
+    if not isinstance(manifest.get("keypoint_schema"), dict):
+        raise ShardError(f"{where}: field missing or not an object")
+    return KeypointSchema.from_dict(manifest["keypoint_schema"], where)
 
 
 def sha256_file(path: str, chunk: int = 1 << 20) -> str:

@@ -9,8 +9,7 @@ from collections import defaultdict
 import cv2
 import numpy as np
 
-from .errors import ShardError
-from .manifest import read_manifest, sha256_file
+from .manifest import manifest_schema, read_manifest, sha256_file
 from .schema import KeypointSchema
 
 REQUIRED = ("keypoints", "bbox", "crop_to_image", "image_id", "annotation_id", "image_size", "area")
@@ -77,10 +76,7 @@ def _check_shard(path: str, entry: dict, schema: KeypointSchema) -> tuple[list[s
 def verify(directory: str) -> list[str]:
     """Every problem found in the shard set (an empty list when it is sound)."""
     manifest = read_manifest(directory)
-    try:
-        schema = KeypointSchema.from_dict(manifest["schema"], f"{directory}/manifest.json:schema")
-    except (KeyError, TypeError):
-        raise ShardError(f"{directory}/manifest.json: field 'schema' is missing or malformed") from None
+    schema = manifest_schema(manifest, directory)
     problems, total = [], 0
     for entry in manifest["shards"]:
         found, count = _check_shard(os.path.join(directory, entry["name"]), entry, schema)

@@ -20,7 +20,6 @@ from collections import Counter
 from typing import Any, Callable, Iterable
 
 import cv2
-import numpy as np
 from tqdm import tqdm
 
 from .crop import CropSettings, box_outside_image, crop_person
@@ -201,7 +200,7 @@ def write_shards(records: Iterable[InstanceRecord], out_dir: str, *, dataset: st
         skipped_keys.update(side["skipped_keys"])
     manifest = {
         "format_version": FORMAT_VERSION, "dataset": dataset, "split": split,
-        "schema": schema.to_dict(), "schema_name": schema.name,
+        "schema": schema.name, "keypoint_schema": schema.to_dict(),
         "num_samples": sum(s["samples"] for s in shards), "num_shards": num_shards,
         "samples_per_shard": samples_per_shard, "shards": shards,
         "crop": settings.to_dict(), "sources": sources or {},

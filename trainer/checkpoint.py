@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from trainer import dist
-from trainer.backends.base import Backend, CheckpointError, check_tree_loads_safely, safe_load
+from trainer.backends.base import Backend, CheckpointError, safe_load
 from trainer.dist import WorldInfo
 
 MARKER = "COMPLETE"
@@ -214,7 +214,8 @@ class CheckpointManager:
         if not latest.exists():
             raise CheckpointError(f"{root}: neither model.pt (DDP) nor a DeepSpeed 'latest' marker")
         tag_dir = root / latest.read_text().strip()
-        check_tree_loads_safely(tag_dir)
+        from trainer.backends.deepspeed import check_deepspeed_checkpoint
+        check_deepspeed_checkpoint(tag_dir)
         if any(tag_dir.glob("*optim_states.pt")):  # ZeRO 1-3: consolidate the fp32 partitions
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
             state = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag_dir.name)

@@ -15,8 +15,8 @@ Target kinds:
 Target weight: 1 for a labelled joint (visible > 0) whose position lies inside the input frame
 (-0.5 <= x < width - 0.5 and the same for y, i.e. on an input pixel), otherwise 0, and that
 joint's heatmap is all zero. This is stricter than mmpose, which keeps a joint whose centre is
-off the frame as long as part of its 3-sigma window overlaps the heatmap: a truncated blob
-teaches a peak at the border, where the decoder would put the joint anyway at the wrong place.
+off the frame as long as part of its 3-sigma window overlaps the heatmap: such a truncated blob
+teaches a peak on the border pixel, where the joint can never be decoded at its true position.
 Non-finite coordinates are treated as unlabelled.
 """
 
@@ -62,8 +62,12 @@ class HeatmapCodec:
         """DARK for unbiased targets; the quarter-pixel step for standard ones."""
         return "dark" if self.unbiased else "quarter"
 
-    def _stride_tensor(self, like: Tensor) -> Tensor:
-        return torch.tensor(self.stride, dtype=torch.float32, device=like.device)
+    def _scale(self, coords: Tensor, divide: bool) -> Tensor:
+        """Input <-> heatmap pixels (Python-scalar maths: no host-to-device copy)."""
+        stride_x, stride_y = self.stride
+        if divide:
+            return torch.stack((coords[..., 0] / stride_x, coords[..., 1] / stride_y), dim=-1)
+        return torch.stack((coords[..., 0] * stride_x, coords[..., 1] * stride_y), dim=-1)
 
     def encode(self, keypoints: Tensor, visible: Tensor) -> tuple[Tensor, Tensor]:
         """keypoints [N, K, 2] in input pixels, visible [N, K] (> 0: labelled) ->
@@ -75,11 +79,15 @@ class HeatmapCodec:
                 f"visible must be [N, K] = {tuple(keypoints.shape[:2])}, got {tuple(visible.shape)}"
             )
         keypoints = keypoints.float()
-        frame = torch.tensor(self.input_size, dtype=torch.float32, device=keypoints.device)
-        in_frame = ((keypoints >= -0.5) & (keypoints < frame - 0.5)).all(dim=-1)
+        frame_width, frame_height = self.input_size
+        in_frame = (
+            (keypoints >= -0.5).all(dim=-1)
+            & (keypoints[..., 0] < frame_width - 0.5)
+            & (keypoints[..., 1] < frame_height - 0.5)
+        )
         weights = ((visible > 0) & in_frame).float()  # NaN compares False: weight 0
 
-        centres = torch.nan_to_num(keypoints / self._stride_tensor(keypoints))
+        centres = torch.nan_to_num(self._scale(keypoints, divide=True))
         if not self.unbiased:
             centres = torch.floor(centres + 0.5)
         width, height = self.heatmap_size
@@ -102,9 +110,11 @@ class HeatmapCodec:
         refine: "none", "quarter" or "dark"; None picks `default_refine`. Score = heatmap max.
         """
         coords, scores = self.decode_heatmap_px(heatmaps, refine)
-        return coords * self._stride_tensor(coords), scores
+        return self._scale(coords, divide=False), scores
 
-    def decode_heatmap_px(self, heatmaps: Tensor, refine: str | None = None) -> tuple[Tensor, Tensor]:
+    def decode_heatmap_px(
+        self, heatmaps: Tensor, refine: str | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Like `decode`, with coordinates in heatmap pixels."""
         refine = self.default_refine if refine is None else refine
         if refine not in REFINEMENTS:
@@ -220,7 +230,9 @@ def _taylor_offsets(log_maps: Tensor, peak_x: Tensor, peak_y: Tensor) -> Tensor:
     return steps * maximum.unsqueeze(-1)
 
 
-def _permutation_index(flip_permutation: Sequence[int], num_joints: int, device: torch.device) -> Tensor:
+def _permutation_index(
+    flip_permutation: Sequence[int], num_joints: int, device: torch.device
+) -> Tensor:
     permutation = [int(index) for index in flip_permutation]
     if sorted(permutation) != list(range(num_joints)):
         raise ValueError(

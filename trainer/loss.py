@@ -19,7 +19,9 @@ def heatmap_loss(
     (loss: float32 scalar = mean over stacks, per_stack: float32 [S], still attached to the graph;
     detach it for logging)."""
     if predictions.dim() != 5:
-        raise ValueError(f"predictions must be [N, S, K, h, w], got shape {tuple(predictions.shape)}")
+        raise ValueError(
+            f"predictions must be [N, S, K, h, w], got shape {tuple(predictions.shape)}"
+        )
     batch, _, joints, height, width = predictions.shape
     if targets.shape != (batch, joints, height, width):
         raise ValueError(

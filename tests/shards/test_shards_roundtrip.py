@@ -17,7 +17,7 @@ TOL = 0.01
 def _check_sample(meta: dict, expected: np.ndarray, jpg: bytes) -> None:
     kps = np.asarray(meta["keypoints"], float)
     img = cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR)
-    assert img.shape[1], img.shape[0] == tuple(meta["crop_size"])
+    assert (img.shape[1], img.shape[0]) == tuple(meta["crop_size"])
     assert max(img.shape[:2]) <= 96
     assert (kps[:, 2] == expected[:, 2]).all()
     labelled = kps[:, 2] > 0
@@ -91,3 +91,26 @@ def test_mpii_round_trip(synth_mpii, tmp_path, fmt):
         matched += 1
     assert matched == len(expected)
     assert manifest["sources"]["head_size_source"] == {"annotation": len(samples)}
+
+
+def test_manifest_ground_truth_evaluates_with_pycocotools(coco_shards, capsys):
+    """Keypoints mapped back through crop_to_image score AP 1.0 against the manifest alone."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from shards.manifest import load_ground_truth
+
+    gt = COCO()
+    gt.dataset = load_ground_truth(coco_shards)
+    gt.createIndex()
+    results = []
+    for _, _, meta in read_samples(coco_shards):
+        kps = np.asarray(meta["keypoints"], float)
+        xy = apply_affine(meta["crop_to_image"], kps[:, :2])
+        results.append({"image_id": meta["image_id"], "category_id": 1, "score": 1.0,
+                        "keypoints": np.c_[xy, np.ones(len(xy))].ravel().tolist()})
+    ev = COCOeval(gt, gt.loadRes(results), "keypoints")
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    assert ev.stats[0] == pytest.approx(1.0)

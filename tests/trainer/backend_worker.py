@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -237,6 +240,27 @@ def scenario_collectives(world, device, out: Path) -> dict:
             "broadcast": dist.broadcast_object(f"from {world.rank}"),
             "any_true": dist.any_rank_true(world.rank == 1), "any_false": dist.any_rank_true(False),
             "world": [world.rank, world.local_rank, world.world_size, world.local_world_size, world.node_rank]}
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(scenario: str, out: Path, timeout_s: float, *args: str, nproc: int = 2) -> list:
+    """Run a scenario under torchrun (a hang fails through `timeout_s`); return every rank's result."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO),
+           "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+               "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+               str(Path(__file__).resolve()), scenario, str(out), *args]
+    proc = subprocess.run(command, env=env, cwd=out, capture_output=True, text=True, timeout=timeout_s)
+    assert proc.returncode == 0, f"{scenario} failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return json.loads((out / "result.json").read_text())
 
 
 def main() -> None:

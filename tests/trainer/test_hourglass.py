@@ -37,7 +37,8 @@ def test_skip_conv_only_where_channels_differ() -> None:
     residuals = [m for m in model.modules() if isinstance(m, Residual)]
     with_skip = [m for m in residuals if m.skip is not None]
     assert len(residuals) == 3 + 2 * 14
-    assert [(m.conv1.in_channels, m.conv3.out_channels) for m in with_skip] == [(64, 128), (128, 256)]
+    channels = [(m.conv1.in_channels, m.conv3.out_channels) for m in with_skip]
+    assert channels == [(64, 128), (128, 256)]
 
 
 def test_forward_flops_match_notes_and_flop_counter() -> None:

@@ -85,6 +85,19 @@ def build_deepspeed_config(config: Config, world_size: int) -> dict:
     return _deep_update(user, ours)
 
 
+def deepspeed_safe_globals() -> tuple:
+    """The plain data classes DeepSpeed pickles into its checkpoints (allowlisted for the
+    weights_only pre-check; anything else in a file is refused)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+    return (LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address)
+
+
+def check_deepspeed_checkpoint(tag_dir: str | Path) -> None:
+    check_tree_loads_safely(tag_dir, allowed_globals=deepspeed_safe_globals())
+
+
 class DeepSpeedBackend:
     def __init__(self, config: Config, world: WorldInfo, device: torch.device) -> None:
         self.config = config
@@ -173,7 +186,7 @@ class DeepSpeedBackend:
             raise CheckpointError(f"{directory}: no DeepSpeed 'latest' marker: not a DeepSpeed checkpoint "
                                   "(dist.backend mismatch?) or an incomplete one")
         tag = latest.read_text().strip()
-        check_tree_loads_safely(Path(directory) / tag)
+        check_deepspeed_checkpoint(Path(directory) / tag)
         load_path, client = self.engine.load_checkpoint(directory, tag=tag, load_optimizer_states=True,
                                                         load_lr_scheduler_states=True)
         if load_path is None:

@@ -1,0 +1,138 @@
+"""Augmentation geometry: keypoints follow the image through the one warp, flips swap joints."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from shards.schema import COCO17, MPII16
+from trainer import transforms
+from trainer.config import AugmentConfig
+from trainer.data.plan import make_rng
+from trainer.data.reader import RawSample
+from trainer.data.samples import SampleMaker
+
+CROP = 240
+INPUT = (192, 256)  # w, h: a non-square input checks the aspect handling too
+
+
+def _person_keypoints() -> np.ndarray:
+    """17 labelled COCO joints spread over a standing person in a 240 px crop."""
+    rng = np.random.default_rng(7)
+    xs = rng.uniform(90, 150, size=17)
+    ys = np.linspace(60, 190, 17) + rng.uniform(-4, 4, size=17)
+    return np.stack([xs, ys, np.full(17, 2.0)], axis=1)
+
+
+def _raw_with_marker(keypoints: np.ndarray, joint: int) -> RawSample:
+    """A crop with a smooth blob (sigma 2.5 px) at one joint, stored losslessly (PNG)."""
+    yy, xx = np.mgrid[0:CROP, 0:CROP]
+    x, y = keypoints[joint, :2]
+    blob = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 2.5 ** 2))
+    image = np.zeros((CROP, CROP, 3), np.uint8)
+    image[:, :, 1] = np.round(blob * 255).astype(np.uint8)
+    ok, png = cv2.imencode(".png", image)
+    assert ok
+    meta = {"keypoints": keypoints.tolist(), "bbox": [85.0, 55.0, 70.0, 140.0],
+            "crop_to_image": [[2.0, 0.0, 10.0], [0.0, 2.0, -4.0]], "image_id": 1, "annotation_id": 2}
+    return RawSample("coco-1-2", {"png": png.tobytes(), "json": json.dumps(meta).encode()}, "memory")
+
+
+def _marker_position(image_bgr: np.ndarray) -> np.ndarray:
+    green = image_bgr[:, :, 1].astype(np.float64)
+    y, x = np.unravel_index(np.argmax(green), green.shape)
+    # sub-pixel refinement by the intensity centroid around the peak
+    window = green[max(y - 3, 0):y + 4, max(x - 3, 0):x + 4]
+    wy, wx = np.mgrid[max(y - 3, 0):y + 4, max(x - 3, 0):x + 4]
+    return np.array([(window * wx).sum() / window.sum(), (window * wy).sum() / window.sum()])
+
+
+def test_keypoints_land_on_their_markers_including_flips():
+    augment = AugmentConfig(rotation_prob=1.0, shift_prob=1.0, flip_prob=0.5, half_body_prob=0.0,
+                            scale_range=[0.8, 1.3], colour_jitter=0.3)
+    maker = SampleMaker(INPUT, augment, COCO17.flip_permutation(), COCO17.keypoint_names)
+    keypoints = _person_keypoints()
+    permutation = COCO17.flip_permutation()
+    flips = 0
+    for position in range(12):
+        for joint in (0, 5, 6, 9, 16):
+            sample = maker.make(_raw_with_marker(keypoints, joint), make_rng(1, 0, 3, position))
+            # after a flip, channel permutation[j] carries what was joint j
+            channel = permutation[joint] if sample["flipped"] else joint
+            if sample["weights"][channel] == 0:
+                continue  # left the input: nothing to compare
+            found = _marker_position(sample["image_bgr"])
+            assert np.abs(found - sample["keypoints"][channel]).max() <= 1.0, (position, joint, sample["flipped"])
+        flips += sample["flipped"]
+    assert 0 < flips < 12  # both branches were exercised
+
+
+def test_flip_swaps_left_and_right_channels():
+    maker = SampleMaker(INPUT, AugmentConfig(flip_prob=1.0, rotation_prob=0, shift_prob=0, scale_prob=0,
+                                             half_body_prob=0, colour_jitter=0),
+                        COCO17.flip_permutation(), COCO17.keypoint_names)
+    keypoints = _person_keypoints()
+    sample = maker.make(_raw_with_marker(keypoints, 5), make_rng(0, 0, 0, 0))
+    plain = SampleMaker(INPUT, None, COCO17.flip_permutation(), COCO17.keypoint_names).make(
+        _raw_with_marker(keypoints, 5), None)
+    assert sample["flipped"] and not plain["flipped"]
+    # left shoulder (5) of the plain view, mirrored, is the right shoulder (6) of the flipped one
+    assert sample["keypoints"][6][0] == pytest.approx(INPUT[0] - 1 - plain["keypoints"][5][0], abs=1e-4)
+    assert sample["keypoints"][6][1] == pytest.approx(plain["keypoints"][5][1], abs=1e-4)
+    np.testing.assert_array_equal(sample["image_bgr"], plain["image_bgr"][:, ::-1])
+
+
+def test_input_to_image_maps_back_to_the_original_image():
+    keypoints = _person_keypoints()
+    maker = SampleMaker(INPUT, AugmentConfig(rotation_prob=1.0), COCO17.flip_permutation(), COCO17.keypoint_names)
+    sample = maker.make(_raw_with_marker(keypoints, 0), make_rng(3, 1, 3, 5))
+    crop_to_image = np.array([[2.0, 0.0, 10.0], [0.0, 2.0, -4.0]])
+    expected = transforms.apply_affine(crop_to_image, keypoints[:, :2])
+    order = np.array(COCO17.flip_permutation()) if sample["flipped"] else np.arange(17)
+    back = transforms.apply_affine(sample["input_to_image"], sample["keypoints"])
+    visible = sample["weights"] > 0
+    assert visible.sum() > 10
+    np.testing.assert_allclose(back[visible], expected[order][visible], atol=1e-3)
+
+
+def test_eval_geometry_centres_the_padded_box_and_zeroes_joints_outside():
+    keypoints = _person_keypoints()
+    keypoints[3] = [5.0, 5.0, 2]  # far outside the padded box: off the input
+    keypoints[4] = [0.0, 0.0, 0]  # unlabelled
+    maker = SampleMaker(INPUT, None, COCO17.flip_permutation(), COCO17.keypoint_names)
+    sample = maker.make(_raw_with_marker(keypoints, 0), None)
+    assert sample["weights"][3] == 0 and sample["weights"][4] == 0 and sample["weights"][0] == 1
+    # box centre (120, 125) -> input centre; box h 140 * 1.25 = 175 px -> 256 px
+    matrix = transforms.crop_to_input_affine(
+        transforms.sample_geometry(None, [85.0, 55.0, 70.0, 140.0], keypoints[:, :2], keypoints[:, 2] > 0,
+                                   AugmentConfig(), INPUT, None), INPUT)
+    np.testing.assert_allclose(transforms.apply_affine(matrix, np.array([120.0, 125.0])),
+                               [(INPUT[0] - 1) / 2, (INPUT[1] - 1) / 2])
+    assert matrix[1, 1] == pytest.approx(256 / 175)
+
+
+def test_half_body_groups_from_keypoint_names():
+    assert transforms.half_body_groups(COCO17.keypoint_names) == (list(range(11)), list(range(11, 17)))
+    upper, lower = transforms.half_body_groups(MPII16.keypoint_names)
+    assert upper == list(range(7, 16)) and lower == list(range(7))
+    assert transforms.half_body_groups(["tail", "nose", "hip"]) is None
+
+
+def test_half_body_box_covers_one_half():
+    keypoints = _person_keypoints()
+    augment = AugmentConfig(half_body_prob=1.0, scale_prob=0, rotation_prob=0, shift_prob=0, flip_prob=0)
+    groups = transforms.half_body_groups(COCO17.keypoint_names)
+    full = transforms.sample_geometry(None, [85.0, 55.0, 70.0, 140.0], keypoints[:, :2], keypoints[:, 2] > 0,
+                                      augment, INPUT, groups)
+    half = transforms.sample_geometry(make_rng(0), [85.0, 55.0, 70.0, 140.0], keypoints[:, :2],
+                                      keypoints[:, 2] > 0, augment, INPUT, groups)
+    assert half.box_size[1] < full.box_size[1]
+
+
+def test_colour_jitter_is_seeded_and_keeps_dtype():
+    image = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    a = transforms.colour_jitter(image, make_rng(1), 0.3)
+    b = transforms.colour_jitter(image, make_rng(1), 0.3)
+    assert a.dtype == np.uint8 and np.array_equal(a, b) and not np.array_equal(a, image)

@@ -1,0 +1,129 @@
+"""The loaders the trainer calls, device-side normalisation, and data-error bookkeeping."""
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional
+
+import torch
+from torch.utils.data import DataLoader
+
+from shards.schema import KeypointSchema, load_schema
+
+from ..config import Config
+from .pipeline import PoseBatches, StreamSettings
+from .plan import batches_per_rank, eval_stream_plans, train_stream_plans
+from .reader import ERROR_KINDS
+from .samples import SampleMaker
+from .sources import DataError, ShardSource, resolve_shards
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def streams_per_rank(config: Config) -> int:
+    """V: one stream per loader worker (the main process counts as one when workers = 0)."""
+    return max(1, config.data.workers)
+
+
+def _schema(config: Config, source: ShardSource) -> KeypointSchema:
+    schema = load_schema(config.data.schema)
+    stored = (source.manifest or {}).get("schema")
+    if isinstance(stored, dict) and list(stored.get("keypoint_names", [])) != list(schema.keypoint_names):
+        raise DataError(f"'data.schema' = {config.data.schema!r} does not match the keypoints of "
+                        f"{source.location} (schema {stored.get('name')!r}, "
+                        f"{len(stored.get('keypoint_names', []))} keypoints)")
+    return schema
+
+
+def _maker(config: Config, schema: KeypointSchema, train: bool) -> SampleMaker:
+    return SampleMaker(config.model.input_size, config.augment if train else None,
+                       schema.flip_permutation(), schema.keypoint_names)
+
+
+def _worker_targets(config: Config):
+    """Heatmaps made in the workers (CPU) when data.targets_on_device is false."""
+    if config.data.targets_on_device:
+        return None
+    from ..codec import HeatmapCodec
+
+    width, height = config.model.input_size
+    stride = config.model.heatmap_stride
+    return HeatmapCodec((width, height), (width // stride, height // stride),
+                        config.codec.sigma, config.codec.unbiased).encode
+
+
+def _loader(dataset: PoseBatches, config: Config) -> DataLoader:
+    workers = config.data.workers
+    return DataLoader(dataset, batch_size=None, num_workers=workers,
+                      prefetch_factor=config.data.prefetch_factor if workers else None,
+                      pin_memory=torch.cuda.is_available(), persistent_workers=False)
+
+
+def train_batches_per_epoch(config: Config, world_size: int) -> int:
+    """Batches every rank gets per epoch: floor(samples / (world_size x batch_size)), samples
+    from the manifest, or data.samples_per_epoch in resampled mode."""
+    source = resolve_shards(config.data.train_shards)
+    return batches_per_rank(source, config.data.samples_per_epoch, world_size, config.data.batch_size)
+
+
+def build_train_loader(config: Config, rank: int, world_size: int, epoch: int,
+                       start_batch: int = 0) -> DataLoader:
+    """This rank's training batches of `epoch`, from batch `start_batch` on (exact resume)."""
+    source = resolve_shards(config.data.train_shards)
+    streams = streams_per_rank(config)
+    total = batches_per_rank(source, config.data.samples_per_epoch, world_size, config.data.batch_size)
+    plans = train_stream_plans(source, config.seed, epoch, rank, world_size, streams,
+                               config.data.batch_size, config.data.samples_per_epoch)
+    settings = StreamSettings(config.seed, epoch, rank, config.data.batch_size, config.data.shuffle_buffer,
+                              train=True, max_bad_samples_logged=config.data.max_bad_samples_logged)
+    dataset = PoseBatches(plans, settings, _maker(config, _schema(config, source), train=True), total,
+                          start_batch, _worker_targets(config))
+    return _loader(dataset, config)
+
+
+def build_eval_loader(config: Config, rank: int, world_size: int, shards: Optional[str] = None) -> DataLoader:
+    """Unaugmented batches of config.eval.batch_size; over all ranks every sample exactly once
+    (ranks may get different counts; the last batch of each worker may be short)."""
+    source = resolve_shards(shards or config.data.val_shards, "data.val_shards")
+    streams = streams_per_rank(config)
+    plans = eval_stream_plans(source, rank, world_size, streams)
+    settings = StreamSettings(config.seed, 0, rank, config.eval.batch_size, shuffle_buffer=1, train=False,
+                              max_bad_samples_logged=config.data.max_bad_samples_logged)
+    dataset = PoseBatches(plans, settings, _maker(config, _schema(config, source), train=False), None)
+    return _loader(dataset, config)
+
+
+def normalize_images(images: torch.Tensor, device: torch.device | str, dtype: torch.dtype = torch.float32,
+                     channels_last: bool = False) -> torch.Tensor:
+    """uint8 [N, 3, H, W] RGB -> ImageNet-normalised float on `device` (the copy moves 4x fewer
+    bytes than float input would; the arithmetic runs on the device, in float32, then casts)."""
+    images = images.to(device, non_blocking=True)
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255.0
+    result = ((images.float() - mean) / std).to(dtype)
+    if channels_last:
+        result = result.contiguous(memory_format=torch.channels_last)
+    return result
+
+
+def merge_error_counts(per_worker: Iterable[dict[str, int]]) -> dict[str, int]:
+    """Sum the cumulative counts of several workers (or ranks) into one dict."""
+    total = {kind: 0 for kind in ERROR_KINDS}
+    for counts in per_worker:
+        for kind, value in counts.items():
+            total[kind] = total.get(kind, 0) + int(value)
+    return total
+
+
+class DataErrorTally:
+    """The trainer's view of data errors over one loader: keeps each worker's newest cumulative
+    counts (batches carry 'data_worker' and 'data_errors') and sums them on demand.
+    With DDP, all-reduce the totals' values for a job-wide figure."""
+
+    def __init__(self) -> None:
+        self.latest: dict[int, dict[str, int]] = {}
+
+    def update(self, batch: dict[str, Any]) -> None:
+        self.latest[int(batch["data_worker"])] = batch["data_errors"]
+
+    def totals(self) -> dict[str, int]:
+        return merge_error_counts(self.latest.values())

@@ -1,0 +1,212 @@
+"""Stages 5-10 per stream: read -> shuffle buffer -> decode -> augment -> batch, and the
+IterableDataset that hands whole batches to DataLoader workers in a fixed global order.
+
+Positions. Stream output position p (0 <= p < the stream's sample count) is the p-th raw sample
+after the seeded shuffle buffer. Its augmentation is seeded by (seed, epoch, global position),
+so it depends neither on the worker that runs it nor on timing. A training position whose
+sample is bad (corrupt jpg/json, missing member) or missing (truncated shard, short shard) is
+filled with another good sample from a small ring of recent raw samples (or, before any good
+one was seen, with the next good one), augmented with the position's own seed, and counted as
+`replaced_samples`: every rank keeps exactly its batch count (no DDP hang) and positions never
+shift, which is what makes resuming exact: a resume at batch b replays the raw reading and the
+shuffle buffer up to the position (cheap: no decode, no augmentation) and continues.
+Evaluation never replaces: bad samples are skipped and counted (duplicates would bias AP).
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any, Callable, Iterator, Optional
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from .plan import AUGMENT, SHUFFLE, StreamPlan, make_rng
+from .reader import REPLACED, ErrorCounter, RawSample, read_segments
+from .samples import BadSample, SampleMaker, collate
+from .sources import DataError
+
+RING_SIZE = 64  # recent raw samples kept as replacements for bad ones (a few MB of jpg bytes)
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    seed: int
+    epoch: int
+    rank: int
+    batch_size: int
+    shuffle_buffer: int  # 1: no shuffling (evaluation)
+    train: bool  # replace bad samples and keep exact counts (train) or skip them (eval)
+    max_bad_samples_logged: int = 10
+
+
+def shuffle_buffer(items: Iterator[RawSample], size: int, rng: np.random.Generator) -> Iterator[RawSample]:
+    """Seeded buffer shuffle: deterministic given the input order."""
+    buffer: list[RawSample] = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        index = int(rng.integers(size))
+        yield buffer[index]
+        buffer[index] = item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def raw_stream(plan: StreamPlan, settings: StreamSettings, stream: int, errors: ErrorCounter) -> Iterator[RawSample]:
+    """Stages 5-6 for one stream: its segments' samples (at most num_samples), shuffled."""
+    endless = bool(plan.resample_urls)
+    limit = 2 * len(plan.resample_urls) + 8 if endless else None
+    raw = read_segments(plan.shard_segments(), errors, max_empty_in_a_row=limit)
+    if plan.num_samples is not None:
+        raw = islice(raw, plan.num_samples)
+    if settings.shuffle_buffer <= 1:
+        return raw
+    rng = make_rng(settings.seed, settings.epoch, SHUFFLE, settings.rank, stream)
+    return shuffle_buffer(raw, settings.shuffle_buffer, rng)
+
+
+class TrainStream:
+    """One training stream: exactly plan.num_samples positions, in batches."""
+
+    def __init__(self, plan: StreamPlan, stream: int, settings: StreamSettings, maker: SampleMaker,
+                 errors: ErrorCounter) -> None:
+        self.plan, self.stream, self.settings, self.maker, self.errors = plan, stream, settings, maker, errors
+        self.ring: deque[RawSample] = deque(maxlen=RING_SIZE)
+
+    def _rng(self, position: int) -> np.random.Generator:
+        s = self.settings
+        return make_rng(s.seed, s.epoch, AUGMENT, self.plan.first_position + position)
+
+    def _from_ring(self, position: int) -> Optional[dict[str, Any]]:
+        count = len(self.ring)
+        for attempt in range(count):
+            candidate = self.ring[(position + attempt) % count]
+            try:
+                return self.maker.make(candidate, self._rng(position))
+            except BadSample:
+                continue  # already counted when it was first seen
+        return None
+
+    def samples(self, first_position: int) -> Iterator[dict[str, Any]]:
+        """The samples at positions first_position, first_position + 1, ... in order."""
+        raw_items = raw_stream(self.plan, self.settings, self.stream, self.errors)
+        pending: list[int] = []  # positions waiting for the first good sample of the stream
+        for position in range(self.plan.num_samples):
+            raw = next(raw_items, None)
+            if position < first_position:  # fast-forward: read and shuffle only
+                if raw is not None:
+                    self.ring.append(raw)
+                continue
+            sample = None
+            if raw is not None:
+                try:
+                    sample = self.maker.make(raw, self._rng(position))
+                except BadSample as err:
+                    self.errors.record(err.kind, str(err))
+            if sample is None:
+                sample = self._from_ring(position)
+                if sample is None:
+                    pending.append(position)
+                else:
+                    self.errors.record(REPLACED, f"position {position} of stream {self.stream} "
+                                       f"filled with another sample")
+            elif pending:
+                for waiting in pending:
+                    self.errors.record(REPLACED, f"position {waiting} filled with a later sample")
+                    yield self.maker.make(raw, self._rng(waiting))
+                pending.clear()
+            if raw is not None:
+                self.ring.append(raw)
+            if sample is not None:
+                yield sample
+        if pending:
+            raise DataError(f"training stream {self.stream} of rank {self.settings.rank} found no "
+                            f"readable sample in its shards (epoch {self.settings.epoch}): see the "
+                            f"data errors logged above")
+
+    def batches(self, first_batch: int) -> Iterator[dict[str, Any]]:
+        size = self.settings.batch_size
+        samples = self.samples(first_batch * size)
+        while True:
+            chunk = list(islice(samples, size))
+            if not chunk:
+                return
+            yield collate(chunk)
+
+
+def eval_batches(plan: StreamPlan, stream: int, settings: StreamSettings, maker: SampleMaker,
+                 errors: ErrorCounter) -> Iterator[dict[str, Any]]:
+    """Every readable sample of the plan once, unaugmented; bad ones skipped and counted."""
+    chunk: list[dict[str, Any]] = []
+    for raw in raw_stream(plan, settings, stream, errors):
+        try:
+            chunk.append(maker.make(raw, None))
+        except BadSample as err:
+            errors.record(err.kind, str(err))
+            continue
+        if len(chunk) == settings.batch_size:
+            yield collate(chunk)
+            chunk = []
+    if chunk:
+        yield collate(chunk)
+
+
+class PoseBatches(IterableDataset):
+    """Whole batches from this rank's streams, made inside DataLoader workers.
+
+    Training: the loader asks workers 0..W-1 in turn for one batch each, so worker w makes the
+    rank's batches g = start + w, start + w + W, ...; batch g comes from stream g % V (W must
+    divide V, the streams per rank). The resulting order is start, start + 1, ... whatever the
+    workers' speed, and it does not even depend on W. Each batch carries 'batch_index' (g),
+    'data_worker' and 'data_errors' (that worker's cumulative counts this epoch)."""
+
+    def __init__(self, plans: list[StreamPlan], settings: StreamSettings, maker: SampleMaker,
+                 total_batches: Optional[int], start_batch: int = 0,
+                 targets: Optional[Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = None
+                 ) -> None:
+        self.plans, self.settings, self.maker = plans, settings, maker
+        self.total_batches, self.start_batch, self.targets = total_batches, start_batch, targets
+
+    def __len__(self) -> int:
+        if self.total_batches is None:
+            raise TypeError("an evaluation loader has no fixed length")
+        return max(0, self.total_batches - self.start_batch)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if info is not None:
+            cv2.setNumThreads(1)  # one process per core already: no thread oversubscription
+        errors = ErrorCounter(self.settings.max_bad_samples_logged)
+        batches = self._train(worker, workers, errors) if self.settings.train else self._eval(worker, workers, errors)
+        for index, batch in batches:
+            if self.targets is not None:
+                batch["heatmaps"], batch["target_weights"] = self.targets(batch["keypoints"], batch["weights"])
+            batch["batch_index"] = index
+            batch["data_worker"] = worker
+            batch["data_errors"] = errors.snapshot()
+            yield batch
+
+    def _train(self, worker: int, workers: int, errors: ErrorCounter) -> Iterator[tuple[int, dict]]:
+        streams = len(self.plans)
+        if streams % workers:
+            raise ValueError(f"{workers} loader workers cannot share {streams} streams evenly")
+        open_streams: dict[int, Iterator[dict]] = {}
+        for index in range(self.start_batch + worker, self.total_batches, workers):
+            stream = index % streams
+            if stream not in open_streams:
+                maker = TrainStream(self.plans[stream], stream, self.settings, self.maker, errors)
+                open_streams[stream] = maker.batches(index // streams)
+            yield index, next(open_streams[stream])
+
+    def _eval(self, worker: int, workers: int, errors: ErrorCounter) -> Iterator[tuple[int, dict]]:
+        index = 0
+        for stream in range(worker, len(self.plans), workers):
+            for batch in eval_batches(self.plans[stream], stream, self.settings, self.maker, errors):
+                yield index, batch
+                index += 1

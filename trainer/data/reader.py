@@ -1,0 +1,135 @@
+"""Stage 5: tar shards -> raw samples, with bad data counted and logged at a limited rate.
+
+Shards are streamed (tarfile "r|*"; webdataset's gopen opens local paths, pipe: and urls), and
+members are grouped by key (the name up to the first dot, as webdataset does). A shard that
+cannot be opened or is truncated ends that shard: the samples read so far are kept, the rest is
+skipped and counted. Nothing ever sleeps.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tarfile
+import time
+from contextlib import closing
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Optional
+
+from webdataset.gopen import gopen
+
+from .plan import Segment
+from .sources import DataError
+
+log = logging.getLogger("trainer.data")
+
+# counter names, also the keys of a batch's 'data_errors'
+CORRUPT_IMAGE = "corrupt_image"
+CORRUPT_JSON = "corrupt_json"
+MISSING_MEMBER = "missing_member"
+TRUNCATED_SHARD = "truncated_shard"
+UNREADABLE_SHARD = "unreadable_shard"
+SHORT_SHARD = "short_shard_samples"  # samples a manifest promised that the shard did not hold
+REPLACED = "replaced_samples"  # training positions filled with another sample (counts stay equal)
+ERROR_KINDS = (CORRUPT_IMAGE, CORRUPT_JSON, MISSING_MEMBER, TRUNCATED_SHARD, UNREADABLE_SHARD,
+               SHORT_SHARD, REPLACED)
+SUMMARY_EVERY_S = 60.0
+
+
+@dataclass
+class ErrorCounter:
+    """Counts per kind; the first `max_logged` events are logged one by one, after that a summary
+    at most once a minute (a clock comparison, never a sleep)."""
+
+    max_logged: int = 10
+    counts: dict[str, int] = field(default_factory=lambda: {k: 0 for k in ERROR_KINDS})
+    _logged: int = 0
+    _last_summary: float = 0.0
+
+    def record(self, kind: str, detail: str, amount: int = 1) -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + amount
+        if self._logged < self.max_logged:
+            self._logged += 1
+            suffix = " (further data errors of this worker are only counted)" if self._logged == self.max_logged else ""
+            log.warning("data: %s: %s%s", kind, detail, suffix)
+        elif time.monotonic() - self._last_summary > SUMMARY_EVERY_S:
+            self._last_summary = time.monotonic()
+            log.warning("data errors so far in this worker: %s",
+                        {k: v for k, v in self.counts.items() if v})
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self.counts)
+
+
+@dataclass
+class RawSample:
+    key: str
+    members: dict[str, bytes]  # extension -> bytes ('jpg', 'json', ...)
+    url: str
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    directory, base = os.path.split(name)
+    key, _, extension = base.partition(".")
+    return os.path.join(directory, key), extension.lower()
+
+
+def _grouped(url: str, errors: ErrorCounter) -> Iterator[RawSample]:
+    """Samples of one shard; stops quietly at the end, or counted at an unreadable/truncated one."""
+    try:
+        stream = gopen(url, "rb")
+    except Exception as err:  # missing file, failed command, network: one shard lost, keep going
+        errors.record(UNREADABLE_SHARD, f"{url}: {err}")
+        return
+    current: Optional[RawSample] = None
+    try:
+        with tarfile.open(fileobj=stream, mode="r|*") as archive:
+            for member in archive:
+                if not member.isreg():
+                    continue
+                key, extension = _split_name(member.name)
+                if key.startswith("__") or not extension:
+                    continue
+                data = archive.extractfile(member).read()
+                archive.members = []  # stream mode would otherwise keep every header
+                if current is not None and key != current.key:
+                    yield current
+                    current = None
+                if current is None:
+                    current = RawSample(key, {}, url)
+                current.members[extension] = data
+        if current is not None:
+            yield current
+    except (tarfile.TarError, EOFError, OSError, ValueError) as err:
+        # the unfinished group at the cut is dropped with the rest of the shard
+        errors.record(TRUNCATED_SHARD, f"{url}: {err}; rest of the shard skipped")
+    finally:
+        try:
+            stream.close()
+        except Exception:  # a pipe closed early may report its exit status; nothing to do
+            pass
+
+
+def read_segments(segments: Iterable[Segment], errors: ErrorCounter,
+                  max_empty_in_a_row: Optional[int] = None) -> Iterator[RawSample]:
+    """Raw samples of the segments in order, honouring each segment's skip/take. With an endless
+    (resampled) segment list, `max_empty_in_a_row` shards without a sample end it with an error
+    instead of looping forever."""
+    empty_in_a_row = 0
+    for segment in segments:
+        produced = 0
+        # closing(): leaving a shard early must close its file or pipe now, not at garbage collection
+        with closing(_grouped(segment.url, errors)) as shard:
+            for index, sample in enumerate(shard):
+                if index < segment.skip:
+                    continue
+                produced += 1
+                yield sample
+                if segment.take is not None and produced >= segment.take:
+                    break
+        empty_in_a_row = 0 if produced else empty_in_a_row + 1
+        if max_empty_in_a_row is not None and empty_in_a_row >= max_empty_in_a_row:
+            raise DataError(f"{empty_in_a_row} shards in a row gave no readable sample (last: "
+                            f"{segment.url}): the training shards are unreadable")
+        if segment.take is not None and produced < segment.take:
+            errors.record(SHORT_SHARD, f"{segment.url}: {segment.take - produced} samples of the "
+                          f"manifest's count missing", amount=segment.take - produced)
