@@ -15,8 +15,10 @@ EXIT_USAGE = 2
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from shards.errors import ShardError
+    from trainer.backends.base import CheckpointError
+    from trainer.dist import DistributedError
     from trainer.metrics import MetricInputError
-    return (ConfigError, ShardError, MetricInputError)
+    return (ConfigError, ShardError, MetricInputError, CheckpointError, DistributedError)
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:

@@ -20,16 +20,20 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import yaml
+
 from trainer import dist
-from trainer.backends.base import Backend, CheckpointError, safe_load
+from trainer.backends.base import Backend, CheckpointError, check_tree_loads_safely, safe_load
 from trainer.dist import WorldInfo
 
 MARKER = "COMPLETE"
 BEST_FILE = "best.json"
+CONFIG_FILE = "config.yaml"  # the resolved run config, for eval/export without the run dir
 _FINAL = re.compile(r"^step_(\d{8})$")
 _LEFTOVER = re.compile(r"^step_\d{8}\.(tmp|old|deleting)$")
 
-__all__ = ["CheckpointManager", "CheckpointError"]
+__all__ = ["CheckpointManager", "CheckpointError", "load_weights_only", "read_checkpoint_config",
+           "resolve_checkpoint"]
 
 
 def step_dir_name(step: int) -> str:
@@ -80,14 +84,7 @@ class CheckpointManager:
 
     def complete_checkpoints(self) -> list[tuple[int, Path]]:
         """(step, path) of every directory with a valid COMPLETE marker, oldest first."""
-        found = []
-        for entry in self.directory.iterdir() if self.directory.exists() else ():
-            match = _FINAL.match(entry.name)
-            if match and entry.is_dir():
-                marker = read_marker(entry)
-                if marker is not None and marker["step"] == int(match.group(1)):
-                    found.append((marker["step"], entry))
-        return sorted(found)
+        return complete_checkpoints(self.directory)
 
     def latest(self) -> Optional[str]:
         """The newest complete checkpoint; leftovers and unmarked directories are ignored."""
@@ -127,6 +124,8 @@ class CheckpointManager:
             tmp.mkdir(parents=True)
         dist.barrier()
         backend.save(str(tmp), client_state)
+        if self.world.is_main and "config" in client_state:
+            (tmp / CONFIG_FILE).write_text(yaml.safe_dump(client_state["config"], sort_keys=False))
         dist.barrier()
         if self.world.is_main:
             self._commit(tmp, final, step)
@@ -189,36 +188,60 @@ class CheckpointManager:
 
     # -- load -------------------------------------------------------------------------------------
 
-    def resolve(self, path: str) -> str:
-        """A complete checkpoint directory from `path`: itself, or the newest inside a checkpoints dir."""
-        root = Path(path)
-        if not root.exists():
-            raise CheckpointError(f"{path}: checkpoint does not exist")
-        if read_marker(root) is not None:
-            return str(root)
-        inner = CheckpointManager(str(root), self.keep_last, False, self.world, clean_on_start=False).latest()
-        if inner is None:
-            raise CheckpointError(f"{path}: not a complete checkpoint (no {MARKER} marker) and holds none")
-        return inner
-
     def load(self, backend: Backend, path: str) -> dict:
         """Restore the backend's full training state from `path` (every rank); returns client_state."""
-        return backend.load(self.resolve(path))
+        return backend.load(resolve_checkpoint(path))
 
     def load_weights_only(self, path: str) -> dict:
-        """fp32 model state_dict from a DDP or DeepSpeed checkpoint (for --init-from and export)."""
-        root = Path(self.resolve(path))
-        if (root / "model.pt").exists():
-            return safe_load(root / "model.pt")
-        latest = root / "latest"
-        if not latest.exists():
-            raise CheckpointError(f"{root}: neither model.pt (DDP) nor a DeepSpeed 'latest' marker")
-        tag_dir = root / latest.read_text().strip()
-        from trainer.backends.deepspeed import check_deepspeed_checkpoint
-        check_deepspeed_checkpoint(tag_dir)
-        if any(tag_dir.glob("*optim_states.pt")):  # ZeRO 1-3: consolidate the fp32 partitions
-            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-            state = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag_dir.name)
-        else:  # ZeRO 0: the full module is in the model-states file
-            state = safe_load(tag_dir / "mp_rank_00_model_states.pt")["module"]
-        return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        return load_weights_only(path)
+
+
+def complete_checkpoints(directory: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every step directory in `directory` with a valid COMPLETE marker, oldest first."""
+    found = []
+    for entry in directory.iterdir() if directory.exists() else ():
+        match = _FINAL.match(entry.name)
+        marker = read_marker(entry) if match and entry.is_dir() else None
+        if marker is not None and marker["step"] == int(match.group(1)):
+            found.append((marker["step"], entry))
+    return sorted(found)
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A complete checkpoint directory from `path`: itself, or the newest inside a checkpoints dir."""
+    root = Path(path)
+    if not root.is_dir():
+        raise CheckpointError(f"{path}: checkpoint does not exist")
+    if read_marker(root) is not None:
+        return str(root)
+    found = complete_checkpoints(root)
+    if not found:
+        raise CheckpointError(f"{path}: not a complete checkpoint (no {MARKER} marker) and holds none")
+    return str(found[-1][1])
+
+
+def read_checkpoint_config(path: str) -> dict:
+    """The resolved run config saved inside a checkpoint (a plain dict)."""
+    config_path = Path(resolve_checkpoint(path)) / CONFIG_FILE
+    try:
+        return yaml.safe_load(config_path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise CheckpointError(f"{config_path}: cannot read the checkpoint's config ({error})") from None
+
+
+def load_weights_only(path: str) -> dict:
+    """fp32 model state_dict from a DDP or DeepSpeed checkpoint (for --init-from, eval and export)."""
+    root = Path(resolve_checkpoint(path))
+    if (root / "model.pt").exists():
+        return safe_load(root / "model.pt")
+    latest = root / "latest"
+    if not latest.exists():
+        raise CheckpointError(f"{root}: neither model.pt (DDP) nor a DeepSpeed 'latest' marker")
+    tag_dir = root / latest.read_text().strip()
+    check_tree_loads_safely(tag_dir)
+    if any(tag_dir.glob("*optim_states.pt")):  # ZeRO 1-3: consolidate the fp32 partitions
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+        state = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag_dir.name)
+    else:  # ZeRO 0: the full module is in the model-states file
+        state = safe_load(tag_dir / "mp_rank_00_model_states.pt")["module"]
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}

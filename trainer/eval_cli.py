@@ -13,7 +13,7 @@ import torch
 from shards.manifest import read_manifest
 from shards.schema import load_schema
 from trainer import dist
-from trainer.checkpoint import CheckpointManager, read_checkpoint_config
+from trainer.checkpoint import load_weights_only, read_checkpoint_config
 from trainer.config import ConfigError, config_from_dict, load_config, parse_override, set_dotted
 from trainer.evaluate import IncompleteEvaluation, gather_predictions, predict_samples, score
 from trainer.metrics import coco_keypoint_eval, format_coco_table, format_pckh_table, load_coco_results
@@ -57,8 +57,7 @@ def _evaluate_checkpoint(args: argparse.Namespace, manifest: dict) -> int:
     try:
         schema = load_schema(config.data.schema)
         model = build_model(config, schema.num_keypoints)
-        manager = CheckpointManager(config.checkpoint_dir, 1, False, world, clean_on_start=False)
-        model.load_state_dict(manager.load_weights_only(args.checkpoint))
+        model.load_state_dict(load_weights_only(args.checkpoint))
         model = model.to(device).eval()
         if config.model.channels_last:
             model = model.to(memory_format=torch.channels_last)

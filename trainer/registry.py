@@ -52,7 +52,8 @@ class PosePyfuncModel(mlflow.pyfunc.PythonModel):
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.predictor = Predictor(state_dict, config, schema, device=device)
 
-    def predict(self, context: Any, model_input: Any, params: Optional[dict] = None) -> Any:
+    # No type hints here: MLflow turns predict's hints into a signature and would validate input.
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
         import pandas as pd
 
         from trainer.predict import decode_image_bytes
@@ -141,6 +142,7 @@ def register_checkpoint(client: Any, run_id: str, checkpoint_path: str, config: 
     from mlflow.exceptions import MlflowException
 
     from shards.schema import load_schema
+    from trainer.tracking import dataset_name
     from trainer.checkpoint import CheckpointManager
     from trainer.dist import WorldInfo
     manager = CheckpointManager(os.path.dirname(checkpoint_path) or ".", 1, False, WorldInfo(),
@@ -156,7 +158,7 @@ def register_checkpoint(client: Any, run_id: str, checkpoint_path: str, config: 
     except MlflowException as error:
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    tags = {"metric": metric_name, "metric_value": repr(float(value)), "dataset": config["data"]["schema"],
+    tags = {"metric": metric_name, "metric_value": repr(float(value)), "dataset": dataset_name(config["data"]),
             "train_shards": str(config["data"].get("train_shards", "")), "step": str(step), "run_id": run_id,
             "checkpoint": checkpoint_path}
     source = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"

@@ -137,10 +137,20 @@ def manifest_sha256(shard_location: str) -> Optional[str]:
         return None
 
 
+def dataset_name(data_config: dict) -> str:
+    """The train manifest's data set name (coco, mpii, ...), else the keypoint schema's name."""
+    try:
+        manifest = json.loads((Path(data_config["train_shards"]) / "manifest.json").read_text())
+        return str(manifest["dataset"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return str(data_config["schema"])
+
+
 def run_tags(config: "Config", world: "WorldInfo") -> dict[str, str]:
+    from trainer.config import to_dict
     tags = {"world_size": str(world.world_size), "backend": config.dist.backend,
             "precision": config.precision.dtype, "host": socket.gethostname(),
-            "dataset": config.data.schema, "schema": config.data.schema}
+            "dataset": dataset_name(to_dict(config.data)), "schema": config.data.schema}
     commit = git_commit(str(Path(__file__).resolve().parent))
     if commit:
         tags["git_commit"] = commit
@@ -280,11 +290,20 @@ class RunSender:
             else:
                 print(f"warning: tracking: artifact {op['path']} is gone; not uploaded", file=sys.stderr)
         elif kind == "curves":
-            from trainer.registry import draw_metric_curves
+            from trainer.tracking_plots import draw_metric_curves
             png = draw_metric_curves(os.path.join(self.output_dir, METRICS_FILE),
                                      os.path.join(self.output_dir, "metric_curves.png"))
             if png:
                 self.client.log_artifact(run_id, png)
+        elif kind == "overlay":
+            from shards.schema import load_schema
+            from trainer.tracking_plots import draw_eval_overlay
+            with open(op["predictions_path"]) as handle:
+                records = json.load(handle)
+            png = draw_eval_overlay(op["val_shards"], records, load_schema(op["schema"]).skeleton,
+                                    op["out_png"])
+            if png:
+                self.client.log_artifact(run_id, png, op["artifact_path"])
         elif kind == "register":
             from trainer.registry import register_checkpoint
             register_checkpoint(self.client, run_id, **op["args"])
@@ -332,7 +351,7 @@ class MLflowTracker(LocalMetrics):
     def __init__(self, output_dir: str, tracking_uri: str, experiment: str, run_name: Optional[str],
                  run_id: Optional[str] = None, system_metrics: bool = True,
                  retry_interval_s: float = 30.0, finish_timeout_s: float = 30.0,
-                 start_wait_s: float = 2.0, config_dict: Optional[dict] = None,
+                 start_wait_s: float = 10.0, config_dict: Optional[dict] = None,
                  registered_model: Optional[str] = None, alias: str = "champion") -> None:
         super().__init__(output_dir)
         self.output_dir = output_dir
@@ -356,13 +375,14 @@ class MLflowTracker(LocalMetrics):
         self.finish_timeout_s = finish_timeout_s
         self._sender = RunSender(output_dir, self.journal, system_metrics)
         self._queue: queue.Queue = queue.Queue(maxsize=10000)
-        self._run_ready = threading.Event()
+        self._first_attempt = threading.Event()
         self._warned = False
         self._failing = False
         self._thread = threading.Thread(target=self._loop, name="mlflow-tracker", daemon=True)
         self._thread.start()
-        # Start-up may wait a little for the run id (so the first checkpoint stores it), never long.
-        self._run_ready.wait(start_wait_s)
+        # Start-up waits for the first attempt (so the run id is known early), never long: a dead
+        # server answers at once, a hung one is cut by the timeout.
+        self._first_attempt.wait(start_wait_s)
 
     @property
     def run_id(self) -> Optional[str]:  # type: ignore[override]
@@ -392,12 +412,19 @@ class MLflowTracker(LocalMetrics):
 
     def log_eval(self, metrics: dict[str, float], step: int, predictions_path: str | None = None,
                  overlay_png: str | None = None) -> None:
-        """Eval metrics (as eval/<name>) and, when given, the predictions json and overlay PNG
-        (uploaded under eval/step_<step>/; the files must stay where they are)."""
+        """Eval metrics (as eval/<name>) and, when given, the predictions json (evaluate's out_path)
+        and an overlay PNG, uploaded under eval/step_<step>/ (the files must stay where they are).
+        With predictions but no PNG, the thread draws val samples with their predictions itself."""
         self.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step)
+        artifact_path = f"eval/step_{step:08d}"
         for path in (predictions_path, overlay_png):
             if path:
-                self.log_artifact(path, f"eval/step_{step:08d}")
+                self.log_artifact(path, artifact_path)
+        if predictions_path and not overlay_png and self.config_dict:
+            self._put({"kind": "overlay", "predictions_path": os.path.abspath(predictions_path),
+                       "val_shards": self.config_dict["data"]["val_shards"],
+                       "schema": self.config_dict["data"]["schema"], "artifact_path": artifact_path,
+                       "out_png": os.path.join(os.path.abspath(self.output_dir), f"eval_overlay_{step:08d}.png")})
 
     def register_best(self, checkpoint_path: str, metric_name: str, value: float, step: int) -> None:
         """Register a checkpoint as a model version, in the thread (trainer.registry); the alias
@@ -426,11 +453,9 @@ class MLflowTracker(LocalMetrics):
         next_attempt = 0.0
         finishing = False
         while True:
-            finishing = self._drain(timeout=0.0 if finishing else 0.5) or finishing
             if time.monotonic() >= next_attempt or finishing:
                 try:
                     self._sender.flush()
-                    self._run_ready.set()
                     if finishing:
                         self._sender.terminate()
                         return
@@ -444,6 +469,9 @@ class MLflowTracker(LocalMetrics):
                     if finishing:
                         self._sender.stop_system_metrics()
                         return
+                finally:
+                    self._first_attempt.set()
+            finishing = self._drain(timeout=0.0 if finishing else 0.5) or finishing
 
     def _drain(self, timeout: float) -> bool:
         """Move queued operations into the journal; True when `finish` was requested."""

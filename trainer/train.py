@@ -12,9 +12,9 @@ import torch
 from shards.schema import load_schema
 from trainer import dist
 from trainer.backends import make_backend
-from trainer.checkpoint import CheckpointManager
+from trainer.checkpoint import CheckpointManager, load_weights_only
 from trainer.codec import HeatmapCodec
-from trainer.config import Config, check_data_paths, save_config, to_dict
+from trainer.config import Config, ConfigError, check_data_paths, save_config, to_dict
 from trainer.data import build_train_loader, normalize_images, train_batches_per_epoch
 from trainer.evaluate import evaluate
 from trainer.loss import heatmap_loss
@@ -75,23 +75,24 @@ def _train(config: Config, world: dist.WorldInfo, device: torch.device,
     batches_per_epoch = train_batches_per_epoch(config, world.world_size)
     steps_per_epoch = config.schedule.steps_per_epoch or batches_per_epoch // accumulation
     if steps_per_epoch < 1 or steps_per_epoch * accumulation > batches_per_epoch:
-        raise ValueError(f"an epoch has {batches_per_epoch} batches per rank: too few for "
-                         f"{steps_per_epoch} steps x {accumulation} accumulation steps")
+        raise ConfigError(f"an epoch has {batches_per_epoch} batches per rank: too few for "
+                          f"{steps_per_epoch} steps x {accumulation} accumulation steps; lower "
+                          f"data.batch_size, optim.accumulation_steps or schedule.steps_per_epoch")
     total_steps = config.schedule.epochs * steps_per_epoch
     global_batch = config.data.batch_size * accumulation * world.world_size
     optimizer = build_optimizer(model.parameters(), config.optim, effective_lr(config.optim, global_batch))
     scheduler = build_scheduler(optimizer, config.schedule, steps_per_epoch)
-    backend = make_backend(config, world, device)
-    backend.wrap(model, optimizer, scheduler)
     checkpoints = CheckpointManager(config.checkpoint_dir, config.checkpoint.keep_last,
                                     config.checkpoint.keep_best, world)
-
-    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_metric": None, "tracking_run_id": None}
     resume_path = resume or (checkpoints.latest() if config.checkpoint.auto_resume else None)
+    if init_from and not resume_path:
+        # Before wrapping: ZeRO-3 partitions the parameters of the wrapped model.
+        model.load_state_dict(load_weights_only(init_from))
+    backend = make_backend(config, world, device)
+    backend.wrap(model, optimizer, scheduler)
+    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_metric": None, "tracking_run_id": None}
     if resume_path:
         state.update(checkpoints.load(backend, resume_path))
-    elif init_from:
-        backend.unwrapped.load_state_dict(checkpoints.load_weights_only(init_from))
     if world.is_main:
         save_config(config, os.path.join(config.output_dir, "config.yaml"))
 

@@ -202,6 +202,8 @@ def scenario_deepspeed(world, device, out: Path) -> dict:
         assert losses[-1] < 0.9 * losses[0], losses
         assert all(not s.skipped and math.isfinite(s.grad_norm) for _, s in history), history
         assert scheduler.last_epoch == 6, scheduler.last_epoch  # stepped once per optimizer step
+        # engine.step() followed every micro-batch: its counters match 6 steps x 2 micro-batches
+        assert (backend.engine.global_steps, backend.engine.micro_steps) == (6, 12)
         # non-finite gradients: the ZeRO optimizer skips the update on every rank
         before = backend.consolidated_state_dict()
         _, stats = train_steps(backend, config, world.rank, 6, 1, nan_at=6)[0]
@@ -240,6 +242,28 @@ def scenario_collectives(world, device, out: Path) -> dict:
             "broadcast": dist.broadcast_object(f"from {world.rank}"),
             "any_true": dist.any_rank_true(world.rank == 1), "any_false": dist.any_rank_true(False),
             "world": [world.rank, world.local_rank, world.world_size, world.local_world_size, world.node_rank]}
+
+
+def scenario_crash(world, device, out: Path) -> dict:
+    """Single process: save step 1, then stall after the first file of step 2 until SIGKILLed."""
+    import trainer.backends.ddp as ddp_module
+
+    config = make_config()
+    manager = CheckpointManager(str(out / "ckpt"), keep_last=3, keep_best=True, world=world)
+    backend, _, _ = build(config, world, device)
+    train_steps(backend, config, world.rank, 0, 1)
+    manager.save(backend, 1, {"step": 1})
+    train_steps(backend, config, world.rank, 1, 1)
+    original = ddp_module.save_file
+
+    def save_then_stall(obj, path):
+        original(obj, path)
+        print("WROTE_FIRST_FILE", flush=True)
+        time.sleep(120)
+
+    ddp_module.save_file = save_then_stall
+    manager.save(backend, 2, {"step": 2})
+    raise AssertionError("the stalled save returned")
 
 
 REPO = Path(__file__).resolve().parents[2]

@@ -27,12 +27,13 @@ def _person_keypoints() -> np.ndarray:
 
 
 def _raw_with_marker(keypoints: np.ndarray, joint: int) -> RawSample:
-    """A crop with a smooth blob (sigma 2.5 px) at one joint, stored losslessly (PNG)."""
+    """A crop with a smooth blob (sigma 2.5 px, peak 120: the colour jitter cannot saturate it) at
+    one joint, stored losslessly (PNG)."""
     yy, xx = np.mgrid[0:CROP, 0:CROP]
     x, y = keypoints[joint, :2]
     blob = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 2.5 ** 2))
     image = np.zeros((CROP, CROP, 3), np.uint8)
-    image[:, :, 1] = np.round(blob * 255).astype(np.uint8)
+    image[:, :, 1] = np.round(blob * 120).astype(np.uint8)
     ok, png = cv2.imencode(".png", image)
     assert ok
     meta = {"keypoints": keypoints.tolist(), "bbox": [85.0, 55.0, 70.0, 140.0],
@@ -41,12 +42,12 @@ def _raw_with_marker(keypoints: np.ndarray, joint: int) -> RawSample:
 
 
 def _marker_position(image_bgr: np.ndarray) -> np.ndarray:
+    """Centre of the warped blob: intensity centroid of its upper half (above the background)."""
     green = image_bgr[:, :, 1].astype(np.float64)
-    y, x = np.unravel_index(np.argmax(green), green.shape)
-    # sub-pixel refinement by the intensity centroid around the peak
-    window = green[max(y - 3, 0):y + 4, max(x - 3, 0):x + 4]
-    wy, wx = np.mgrid[max(y - 3, 0):y + 4, max(x - 3, 0):x + 4]
-    return np.array([(window * wx).sum() / window.sum(), (window * wy).sum() / window.sum()])
+    green -= np.median(green)  # colour jitter may lift the black background
+    weight = np.where(green >= 0.5 * green.max(), green, 0.0)
+    yy, xx = np.mgrid[0:green.shape[0], 0:green.shape[1]]
+    return np.array([(weight * xx).sum() / weight.sum(), (weight * yy).sum() / weight.sum()])
 
 
 def test_keypoints_land_on_their_markers_including_flips():
@@ -64,7 +65,8 @@ def test_keypoints_land_on_their_markers_including_flips():
             if sample["weights"][channel] == 0:
                 continue  # left the input: nothing to compare
             found = _marker_position(sample["image_bgr"])
-            assert np.abs(found - sample["keypoints"][channel]).max() <= 1.0, (position, joint, sample["flipped"])
+            # the brief asks for 1 px; the single warp does much better, and 0.5 px catches a (W vs W - 1) flip
+            assert np.abs(found - sample["keypoints"][channel]).max() <= 0.5, (position, joint, sample["flipped"])
         flips += sample["flipped"]
     assert 0 < flips < 12  # both branches were exercised
 

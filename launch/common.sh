@@ -1,0 +1,61 @@
+# Shared by the launch scripts (sourced, never run): find the repository and Python, check the
+# trainer config before anything is launched or queued, and print each command before it runs.
+#
+# Variables read (all optional):
+#   POSEFORGE_DIR  repository root (default: the parent of this launch/ directory)
+#   PYTHON         interpreter with torch installed (default: python3 on PATH, e.g. an active venv)
+
+if [[ -z "${POSEFORGE_DIR:-}" ]]; then
+    POSEFORGE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+fi
+export POSEFORGE_DIR
+PYTHON="${PYTHON:-python3}"
+# `python -m trainer` must work from any working directory, installed or not.
+export PYTHONPATH="${POSEFORGE_DIR}${PYTHONPATH:+:${PYTHONPATH}}"
+
+# torchrun forwards these to its workers instead of dying of them; SIGUSR1 is SLURM's
+# pre-emption notice (see slurm_train.sbatch). The trainer treats each as "checkpoint and stop".
+PF_TORCHRUN_SIGNALS="SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+
+# pf_validate_config TRAIN_ARGS...: resolve the config exactly as `python -m trainer train` will
+# (file, base file, overrides) without importing torch; on a mistake print the trainer's message
+# and exit with its status (2), so nothing is launched or queued. Sets PF_RESOLVED_CONFIG.
+pf_validate_config() {
+    local status=0
+    PF_RESOLVED_CONFIG="$("$PYTHON" -m trainer train --print-config "$@")" || status=$?
+    if (( status != 0 )); then
+        echo "poseforge: config check failed (exit ${status}); nothing was launched" >&2
+        exit "$status"
+    fi
+    echo "poseforge: config OK: $*"
+}
+
+# pf_warn_if_no_auto_resume: restarts (torchrun --max-restarts, SLURM requeue) only continue the
+# run when the trainer resumes from its newest checkpoint.
+pf_warn_if_no_auto_resume() {
+    if grep -qE '^ +auto_resume: false' <<<"${PF_RESOLVED_CONFIG:-}"; then
+        echo "poseforge: warning: checkpoint.auto_resume is false: a restarted run starts from step 0" >&2
+    fi
+}
+
+# pf_gpu_count: GPUs visible on this machine (0 without nvidia-smi).
+pf_gpu_count() {
+    if command -v nvidia-smi >/dev/null 2>&1; then
+        nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true
+    else
+        echo 0
+    fi
+}
+
+# pf_show COMMAND...: print the command, shell-quoted, as it is about to run.
+pf_show() {
+    local quoted
+    printf -v quoted ' %q' "$@"
+    echo "poseforge: running:${quoted}"
+}
+
+# pf_exec COMMAND...: print, then replace this shell with the command (signals reach it directly).
+pf_exec() {
+    pf_show "$@"
+    exec "$@"
+}
