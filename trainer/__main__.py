@@ -1,4 +1,4 @@
-"""python -m trainer {train, eval, show-batch, bench} — the command line.
+"""python -m trainer {train, eval, predict, show-batch, bench, tracking-sync} — the command line.
 
 User mistakes (config, shards, inputs) print one clear line and exit 2; no traceback.
 """
@@ -18,7 +18,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from trainer.backends.base import CheckpointError
     from trainer.dist import DistributedError
     from trainer.metrics import MetricInputError
-    return (ConfigError, ShardError, MetricInputError, CheckpointError, DistributedError)
+    from trainer.images import ImageInputError
+    return (ConfigError, ShardError, MetricInputError, CheckpointError, DistributedError, ImageInputError)
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +30,9 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__.splitlines()[0])
+    # The deepspeed launcher (and torch.distributed.launch) pass this; LOCAL_RANK in the
+    # environment is what dist.py reads.
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a model (plain python: 1 process; torchrun: many)")
@@ -52,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--out", required=True, help="PNG path")
     show.add_argument("--split", choices=["train", "val"], default="train")
     show.add_argument("-n", type=int, default=16, help="number of samples")
+
+    from trainer.predict_cli import add_predict_parser
+    from trainer.tracking import add_sync_parser
+    add_predict_parser(commands)
+    add_sync_parser(commands)
+    from trainer.bench import add_bench_parser
+    add_bench_parser(commands)
     return parser
 
 
@@ -59,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
+    except ConfigError as error:  # before _user_errors(): a config typo should not wait for torch
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     except _user_errors() as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -76,6 +90,15 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "eval":
         from trainer.eval_cli import run_eval
         return run_eval(args)
+    if args.command == "predict":
+        from trainer.predict_cli import run_predict
+        return run_predict(args)
+    if args.command == "tracking-sync":
+        from trainer.tracking import run_sync
+        return run_sync(args)
+    if args.command == "bench":
+        from trainer.bench import run_bench
+        return run_bench(args)
     if args.command == "show-batch":
         config = load_config(args.config, args.overrides)
         from trainer.visualize import show_batch

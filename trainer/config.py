@@ -81,6 +81,7 @@ class OptimConfig:
     accumulation_steps: int = 1
     scale_lr_by_batch: bool = False  # lr *= global_batch / base_batch_size
     base_batch_size: int = 256
+    on_nonfinite_loss: Literal["skip", "stop"] = "skip"  # skip the step (counted), or stop the run
 
 
 @dataclass

@@ -11,7 +11,6 @@ the order the data pipeline warps in. Any image size and any number of images an
 """
 from __future__ import annotations
 
-import io
 from typing import Any, Optional, Sequence
 
 import cv2
@@ -24,50 +23,8 @@ from trainer.codec import HeatmapCodec
 from trainer.config import Config, config_from_dict
 from trainer.data import normalize_images
 from trainer.evaluate import predict_heatmaps, to_image_pixels
+from trainer.images import DEFAULT_MAX_PIXELS, ImageInputError, decode_image_bytes, read_image  # noqa: F401
 from trainer.model import StackedHourglass
-
-DEFAULT_MAX_PIXELS = 50_000_000  # about 7000 x 7000: decoding it takes 150 MB of BGR pixels
-
-
-class ImageInputError(ValueError):
-    """An input image that cannot be used; the message names it."""
-
-
-def image_size_from_header(data: bytes, name: str) -> tuple[int, int]:
-    """(width, height) read from the file header only (nothing is decoded); errors name the file."""
-    from PIL import Image, UnidentifiedImageError
-    if len(data) == 0:
-        raise ImageInputError(f"{name}: empty file (0 bytes), not an image")
-    try:
-        with Image.open(io.BytesIO(data)) as image:  # lazy: parses the header only
-            return int(image.size[0]), int(image.size[1])
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ImageInputError(f"{name}: not a readable image ({error})") from None
-    except Image.DecompressionBombError:  # PIL's own limit is higher than ours: report ours
-        raise ImageInputError(f"{name}: image dimensions far above any sensible limit") from None
-
-
-def decode_image_bytes(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Encoded JPEG/PNG/... bytes -> BGR uint8 image; size is checked BEFORE decoding, so a huge
-    image is refused in bounded memory."""
-    width, height = image_size_from_header(data, name)
-    if width * height > max_pixels:
-        raise ImageInputError(f"{name}: {width}x{height} = {width * height} pixels is above the limit of "
-                              f"{max_pixels} pixels (raise it with --max-pixels if you mean it)")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if image is None or image.shape[0] * image.shape[1] == 0:
-        raise ImageInputError(f"{name}: the image data does not decode (corrupt or truncated)")
-    return image
-
-
-def read_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as error:
-        raise ImageInputError(f"{path}: cannot read ({error.strerror})") from None
-    return decode_image_bytes(data, path, max_pixels)
-
 
 def _as_boxes(boxes: Any, name: str) -> np.ndarray:
     array = np.asarray(boxes if boxes is not None else [], dtype=np.float64)
@@ -152,26 +109,9 @@ class Predictor:
 
 
 def load_checkpoint_predictor(path: str, device: str | torch.device = "cpu", **kwargs: Any) -> Predictor:
-    """A Predictor from a training checkpoint directory (DDP or DeepSpeed; its saved config)."""
+    """A Predictor from a training checkpoint (DDP or DeepSpeed) with the config saved in it."""
     from shards.schema import load_schema
-    from trainer.checkpoint import CheckpointManager
-    from trainer.dist import WorldInfo
-    manager = CheckpointManager(path, 1, False, WorldInfo(), clean_on_start=False)
-    checkpoint = manager.resolve(path)
-    config = checkpoint_config(checkpoint)
-    state_dict = manager.load_weights_only(checkpoint)
-    return Predictor(state_dict, config, load_schema(config.data.schema), device, **kwargs)
-
-
-def checkpoint_config(checkpoint: str) -> Config:
-    """The config a checkpoint was trained with (the loop stores it in the client state)."""
-    try:
-        from trainer.checkpoint import read_checkpoint_config
-    except ImportError:  # older checkpoint module: the DDP client state holds it
-        from pathlib import Path
-
-        from trainer.backends.base import safe_load
-
-        def read_checkpoint_config(path: str) -> dict:
-            return safe_load(Path(path) / "client_state.pt")["config"]
-    return config_from_dict(read_checkpoint_config(checkpoint), f"{checkpoint} (saved config)")
+    from trainer.checkpoint import load_weights_only, read_checkpoint_config, resolve_checkpoint
+    checkpoint = resolve_checkpoint(path)
+    config = config_from_dict(read_checkpoint_config(checkpoint), f"{checkpoint} (saved config)")
+    return Predictor(load_weights_only(checkpoint), config, load_schema(config.data.schema), device, **kwargs)

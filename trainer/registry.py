@@ -142,12 +142,9 @@ def register_checkpoint(client: Any, run_id: str, checkpoint_path: str, config: 
     from mlflow.exceptions import MlflowException
 
     from shards.schema import load_schema
-    from trainer.tracking import dataset_name
-    from trainer.checkpoint import CheckpointManager
-    from trainer.dist import WorldInfo
-    manager = CheckpointManager(os.path.dirname(checkpoint_path) or ".", 1, False, WorldInfo(),
-                                clean_on_start=False)
-    state_dict = manager.load_weights_only(checkpoint_path)
+    from trainer.tracking_info import dataset_name
+    from trainer.checkpoint import load_weights_only
+    state_dict = load_weights_only(checkpoint_path)
     schema = load_schema(config["data"]["schema"]).to_dict()
     artifact_path = f"registered_models/step_{step:08d}"
     with tempfile.TemporaryDirectory() as tmp:

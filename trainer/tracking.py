@@ -16,18 +16,17 @@ Delivery is at-least-once: a crash between a send and the journal update re-send
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
 import queue
-import socket
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Protocol
+
+from trainer.tracking_info import MAX_PARAM_LENGTH, MAX_TAG_LENGTH, config_params, dataset_name, run_tags  # noqa: F401
 
 if TYPE_CHECKING:
     from trainer.config import Config
@@ -35,8 +34,6 @@ if TYPE_CHECKING:
 
 STATE_FILE = "mlflow_state.json"
 METRICS_FILE = "metrics.jsonl"
-MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
-MAX_TAG_LENGTH = 8000
 # A dead or hung server costs seconds inside the thread, never MLflow's default minutes.
 CLIENT_ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                        "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
@@ -102,64 +99,6 @@ def resolve_tracking_uri(config_uri: Optional[str], output_dir: str) -> str:
     """The config's uri, else MLFLOW_TRACKING_URI, else a sqlite file in the output dir (no server)."""
     uri = config_uri or os.environ.get("MLFLOW_TRACKING_URI")
     return uri or f"sqlite:///{os.path.abspath(os.path.join(output_dir, 'mlflow.db'))}"
-
-
-def config_params(config: "Config") -> dict[str, str]:
-    """The flattened resolved config, values cut to MLflow's length limit."""
-    from trainer.config import flatten, to_dict
-    params = {}
-    for key, value in flatten(to_dict(config)).items():
-        text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
-        params[key] = text if len(text) <= MAX_PARAM_LENGTH else text[:MAX_PARAM_LENGTH - 3] + "..."
-    return params
-
-
-def git_commit(directory: str = ".") -> Optional[str]:
-    """HEAD of the checkout holding `directory` (+ "-dirty" with local changes), or None."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True,
-                              text=True, timeout=5)
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=directory,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return head.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def manifest_sha256(shard_location: str) -> Optional[str]:
-    """sha256 of a local shard directory's manifest.json (it lists every shard's sha256)."""
-    path = Path(shard_location) / "manifest.json"
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
-
-
-def dataset_name(data_config: dict) -> str:
-    """The train manifest's data set name (coco, mpii, ...), else the keypoint schema's name."""
-    try:
-        manifest = json.loads((Path(data_config["train_shards"]) / "manifest.json").read_text())
-        return str(manifest["dataset"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return str(data_config["schema"])
-
-
-def run_tags(config: "Config", world: "WorldInfo") -> dict[str, str]:
-    from trainer.config import to_dict
-    tags = {"world_size": str(world.world_size), "backend": config.dist.backend,
-            "precision": config.precision.dtype, "host": socket.gethostname(),
-            "dataset": dataset_name(to_dict(config.data)), "schema": config.data.schema}
-    commit = git_commit(str(Path(__file__).resolve().parent))
-    if commit:
-        tags["git_commit"] = commit
-    for split in ("train", "val"):
-        location = getattr(config.data, f"{split}_shards")
-        digest = manifest_sha256(location) if location else None
-        if digest:
-            tags[f"shards.{split}.manifest_sha256"] = digest
-    return {k: v[:MAX_TAG_LENGTH] for k, v in tags.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,7 +183,13 @@ class RunSender:
         run_id = self.ensure_run()
         pending = self.journal.data["pending"]
         while pending and pending[0]["kind"] != "finish":
-            self._send(run_id, pending[0])
+            try:
+                self._send(run_id, pending[0])
+            except Exception as error:
+                if not _is_permanent(error):
+                    raise  # server down or busy: keep it, retry later
+                print(f"warning: tracking: dropped a {pending[0]['kind']} operation the server or the "
+                      f"files refuse ({type(error).__name__}: {str(error)[:300]})", file=sys.stderr)
             pending.pop(0)
             self.journal.save()
         self._send_metrics(run_id)
@@ -341,6 +286,19 @@ class RunSender:
             self.journal.save()
 
 
+def _is_permanent(error: Exception) -> bool:
+    """Errors that a retry cannot fix: the server rejected the request, or a local file is bad.
+    Anything else (connection refused, timeouts, 5xx) is transient."""
+    from mlflow.exceptions import RestException
+
+    from trainer.backends.base import CheckpointError
+    if isinstance(error, CheckpointError):
+        return True
+    return isinstance(error, RestException) and error.error_code in (
+        "INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "BAD_REQUEST",
+        "INVALID_STATE", "PERMISSION_DENIED", "RESOURCE_LIMIT_EXCEEDED")
+
+
 # ---------------------------------------------------------------------------------------------
 # The tracker the loop uses
 
@@ -350,7 +308,7 @@ class MLflowTracker(LocalMetrics):
 
     def __init__(self, output_dir: str, tracking_uri: str, experiment: str, run_name: Optional[str],
                  run_id: Optional[str] = None, system_metrics: bool = True,
-                 retry_interval_s: float = 30.0, finish_timeout_s: float = 30.0,
+                 retry_interval_s: float = 30.0, finish_timeout_s: float = 60.0,
                  start_wait_s: float = 10.0, config_dict: Optional[dict] = None,
                  registered_model: Optional[str] = None, alias: str = "champion") -> None:
         super().__init__(output_dir)

@@ -15,7 +15,7 @@ from trainer.backends import make_backend
 from trainer.checkpoint import CheckpointManager, load_weights_only
 from trainer.codec import HeatmapCodec
 from trainer.config import Config, ConfigError, check_data_paths, save_config, to_dict
-from trainer.data import build_train_loader, normalize_images, train_batches_per_epoch
+from trainer.data import DataErrorTally, build_train_loader, normalize_images, train_batches_per_epoch
 from trainer.evaluate import evaluate
 from trainer.loss import heatmap_loss
 from trainer.model import StackedHourglass
@@ -23,6 +23,10 @@ from trainer.optim import build_optimizer, build_scheduler, effective_lr
 from trainer.preemption import StopRequest, requeue_slurm_job
 from trainer.progress import ConsoleProgress, Throughput
 from trainer.tracking import open_tracker
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN/Inf and optim.on_nonfinite_loss is 'stop'."""
 
 
 @dataclass
@@ -78,6 +82,7 @@ def _train(config: Config, world: dist.WorldInfo, device: torch.device,
         raise ConfigError(f"an epoch has {batches_per_epoch} batches per rank: too few for "
                           f"{steps_per_epoch} steps x {accumulation} accumulation steps; lower "
                           f"data.batch_size, optim.accumulation_steps or schedule.steps_per_epoch")
+    epoch_batches = steps_per_epoch * accumulation
     total_steps = config.schedule.epochs * steps_per_epoch
     global_batch = config.data.batch_size * accumulation * world.world_size
     optimizer = build_optimizer(model.parameters(), config.optim, effective_lr(config.optim, global_batch))
@@ -90,7 +95,8 @@ def _train(config: Config, world: dist.WorldInfo, device: torch.device,
         model.load_state_dict(load_weights_only(init_from))
     backend = make_backend(config, world, device)
     backend.wrap(model, optimizer, scheduler)
-    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_metric": None, "tracking_run_id": None}
+    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_metric": None, "tracking_run_id": None,
+             "skipped_steps": 0}
     if resume_path:
         state.update(checkpoints.load(backend, resume_path))
     if world.is_main:
@@ -101,93 +107,117 @@ def _train(config: Config, world: dist.WorldInfo, device: torch.device,
         progress.message(f"resumed from {resume_path} at step {state['step']} "
                          f"(epoch {state['epoch']}, batch {state['batch_in_epoch']})")
     tracker = open_tracker(config, world, state["tracking_run_id"])
-    state["tracking_run_id"] = tracker.run_id
     codec = make_codec(config)
     stop = StopRequest()
     stop.install()
     throughput = Throughput()
-    dtype = torch.float32
+    dtype = torch.float32  # inputs; autocast / DeepSpeed's cast_inputs pick the compute dtype
     last_eval: dict[str, float] = {}
     saved_path = resume_path
 
     def save(metric: float | None = None) -> None:
         nonlocal saved_path
+        state["tracking_run_id"] = tracker.run_id  # the run may have been created late
         saved_path = checkpoints.save(backend, state["step"], {**state, "config": to_dict(config)}, metric)
 
-    backend.model.train()
     stopped_early = False
-    for epoch in range(state["epoch"], config.schedule.epochs):
-        state["epoch"] = epoch
-        is_last = epoch + 1 == config.schedule.epochs
-        eval_due = bool(config.eval.every_epochs) and ((epoch + 1) % config.eval.every_epochs == 0 or is_last)
-        epoch_batches = steps_per_epoch * accumulation
-        batches = iter(build_train_loader(config, world.rank, world.world_size, epoch,
-                                          start_batch=state["batch_in_epoch"]))
-        while state["batch_in_epoch"] < epoch_batches:
-            loss_sum = torch.zeros((), device=device)
-            stack_sum = torch.zeros(config.model.stacks, device=device)
-            for micro in range(accumulation):
-                wait_start = time.perf_counter()
-                batch = next(batches)
-                images = normalize_images(batch["image"], device, dtype, config.model.channels_last)
-                throughput.add(images.shape[0], time.perf_counter() - wait_start)
-                keypoints = batch["keypoints"].to(device, non_blocking=True)
-                weights = batch["weights"].to(device, non_blocking=True)
-                targets, target_weights = codec.encode(keypoints, weights)
-                with backend.autocast():
-                    heatmaps = backend.model(backend.cast_inputs(images))
-                loss, per_stack = heatmap_loss(heatmaps, targets, target_weights)
-                backend.backward(loss, is_accumulation_boundary=micro == accumulation - 1)
-                loss_sum += loss.detach()
-                stack_sum += per_stack.detach()
-                state["batch_in_epoch"] += 1
-            step_stats = backend.step()
-            state["step"] += 1
+    try:
+        backend.model.train()
+        for epoch in range(state["epoch"], config.schedule.epochs):
+            state["epoch"] = epoch
+            is_last = epoch + 1 == config.schedule.epochs
+            eval_due = bool(config.eval.every_epochs) and ((epoch + 1) % config.eval.every_epochs == 0 or is_last)
+            batches = iter(build_train_loader(config, world.rank, world.world_size, epoch,
+                                              start_batch=state["batch_in_epoch"]))
+            data_errors = DataErrorTally()
+            while state["batch_in_epoch"] < epoch_batches:
+                loss_sum = torch.zeros((), device=device)
+                stack_sum = torch.zeros(config.model.stacks, device=device)
+                for micro in range(accumulation):
+                    wait_start = time.perf_counter()
+                    batch = next(batches)
+                    images = normalize_images(batch["image"], device, dtype, config.model.channels_last)
+                    throughput.add(images.shape[0], time.perf_counter() - wait_start)
+                    data_errors.update(batch)
+                    if "heatmaps" in batch:  # made by the loader workers (data.targets_on_device=false)
+                        targets = batch["heatmaps"].to(device, non_blocking=True)
+                        target_weights = batch["target_weights"].to(device, non_blocking=True)
+                    else:
+                        targets, target_weights = codec.encode(batch["keypoints"].to(device, non_blocking=True),
+                                                               batch["weights"].to(device, non_blocking=True))
+                    with backend.autocast():
+                        heatmaps = backend.model(backend.cast_inputs(images))
+                    loss, per_stack = heatmap_loss(heatmaps, targets, target_weights)
+                    backend.backward(loss, is_accumulation_boundary=micro == accumulation - 1)
+                    loss_sum += loss.detach()
+                    stack_sum += per_stack.detach()
+                    state["batch_in_epoch"] += 1
+                step_stats = backend.step()  # skips (and reports) a step with non-finite gradients
+                state["step"] += 1
+                state["skipped_steps"] += int(step_stats.skipped)
 
-            if state["step"] % config.log_every_steps == 0 or state["step"] == total_steps:
-                images_per_s, wait_share = throughput.collect()
-                metrics = {"train/loss": float(loss_sum) / accumulation,
-                           "train/lr": optimizer.param_groups[0]["lr"],
-                           "train/images_per_s": images_per_s * world.world_size,
-                           "train/data_wait_share": wait_share,
-                           "train/grad_norm": step_stats.grad_norm,
-                           "train/skipped_steps": float(step_stats.skipped)}
-                for index, value in enumerate((stack_sum / accumulation).tolist()):
-                    metrics[f"train/loss_stack{index}"] = value
-                metrics.update(_memory_metrics(device))
-                progress.line(state["step"], epoch, metrics)
-                tracker.log_metrics(metrics, state["step"])
+                # One collective per step: every rank must agree to stop, or the others hang.
+                votes = torch.stack([torch.tensor(float(stop.requested), device=device),
+                                     (~torch.isfinite(loss_sum)).float()])
+                stop_votes, nonfinite_votes = dist.all_reduce_sum(votes).tolist()
+                if nonfinite_votes and config.optim.on_nonfinite_loss == "stop":
+                    raise NonFiniteLoss(f"non-finite loss at step {state['step']} on {int(nonfinite_votes)} "
+                                        f"rank(s); the last good checkpoint is {saved_path}")
 
-            # Every rank must agree to stop, or the ones that go on wait forever in a collective.
-            if dist.any_rank_true(stop.requested):
-                progress.message(f"stop requested ({stop.signal_name or 'another rank'}): "
-                                 f"saving at step {state['step']}")
-                save()
-                stopped_early = True
+                if state["step"] % config.log_every_steps == 0 or state["step"] == total_steps:
+                    images_per_s, wait_share = throughput.collect()
+                    metrics = {"train/loss": float(loss_sum) / accumulation,
+                               "train/lr": optimizer.param_groups[0]["lr"],
+                               "train/images_per_s": images_per_s * world.world_size,
+                               "train/data_wait_share": wait_share,
+                               "train/grad_norm": step_stats.grad_norm,
+                               "train/skipped_steps": float(state["skipped_steps"]),
+                               "train/bad_samples": float(sum(data_errors.totals().values()))}
+                    for index, value in enumerate((stack_sum / accumulation).tolist()):
+                        metrics[f"train/loss_stack{index}"] = value
+                    metrics.update(_memory_metrics(device))
+                    progress.line(state["step"], epoch, metrics)
+                    tracker.log_metrics(metrics, state["step"])
+
+                if stop_votes:
+                    progress.message(f"stop requested ({stop.signal_name or 'by another rank'}): "
+                                     f"saving at step {state['step']}")
+                    save()
+                    stopped_early = True
+                    break
+                # The epoch's end saves anyway (with the eval metric) when it evaluates or is the last.
+                epoch_end_saves = state["batch_in_epoch"] == epoch_batches and (eval_due or is_last)
+                if state["step"] % config.checkpoint.every_steps == 0 and not epoch_end_saves:
+                    save()
+            if stopped_early:
                 break
-            # The epoch's end saves anyway (with the eval metric) when it evaluates or is the last.
-            epoch_end_saves = state["batch_in_epoch"] == epoch_batches and (eval_due or is_last)
-            if state["step"] % config.checkpoint.every_steps == 0 and not epoch_end_saves:
-                save()
-        if stopped_early:
-            break
 
-        state["epoch"], state["batch_in_epoch"] = epoch + 1, 0
-        metric = None
-        if eval_due:
-            last_eval = evaluate(backend, config, world, device, codec, schema,
-                                 shards=config.data.val_shards, dtype=dtype)
-            backend.model.train()
-            metric = last_eval.get(config.eval.metric)
-            if world.is_main:
-                tracker.log_metrics({f"eval/{k}": v for k, v in last_eval.items()}, state["step"])
-                progress.message("eval " + " ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
-            if metric is not None and (state["best_metric"] is None or metric > state["best_metric"]):
-                state["best_metric"] = metric
-        if is_last or eval_due:
-            save(metric)
+            state["epoch"], state["batch_in_epoch"] = epoch + 1, 0
+            metric, new_best = None, False
+            if eval_due:
+                predictions_path = os.path.join(config.output_dir, "eval", f"predictions_{state['step']:08d}.json")
+                if world.is_main:
+                    os.makedirs(os.path.dirname(predictions_path), exist_ok=True)
+                last_eval = evaluate(backend, config, world, device, codec, schema,
+                                     shards=config.data.val_shards, dtype=dtype, out_path=predictions_path)
+                backend.model.train()
+                metric = last_eval.get(config.eval.metric)
+                progress.message("eval " + " ".join(f"{k} {v:.4f}" for k, v in last_eval.items() if "/" not in k))
+                tracker.log_eval(last_eval, state["step"], predictions_path=predictions_path)
+                new_best = metric is not None and (state["best_metric"] is None or metric > state["best_metric"])
+                if new_best:
+                    state["best_metric"] = metric
+            if is_last or eval_due:
+                save(metric)
+                if new_best and world.is_main:
+                    tracker.register_best(saved_path, config.eval.metric, metric, state["step"])
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
 
-    if stopped_early and world.is_main:
+    # SIGUSR1 is the pre-emption notice (SLURM --signal): come back later. A plain SIGTERM
+    # (scancel, or SLURM's own pre-emption, which requeues by itself) only saves and stops.
+    if stopped_early and world.is_main and stop.signal_name == "SIGUSR1":
         requeue_slurm_job()
     tracker.finish("KILLED" if stopped_early else "FINISHED")
     return TrainResult(state["step"], state["best_metric"], last_eval, stopped_early, saved_path)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.mlflow_server import MlflowServer, mlflow_server  # noqa: F401 (fixture)
+from tests.mlflow_server import MlflowServer
 from trainer.config import Config
 from trainer.dist import WorldInfo
 from trainer.tracking import (STATE_FILE, LocalMetrics, MLflowTracker, NullTracker, config_params,
@@ -35,7 +35,7 @@ def metric_steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
-def test_one_run_with_params_tags_metrics_artifacts(mlflow_server, tmp_path):  # noqa: F811
+def test_one_run_with_params_tags_metrics_artifacts(mlflow_server, tmp_path):
     config = Config()
     config.output_dir = str(tmp_path / "out")
     tracker = make_tracker(tmp_path / "out", mlflow_server.uri, "exp-one")
@@ -66,7 +66,7 @@ def test_one_run_with_params_tags_metrics_artifacts(mlflow_server, tmp_path):  #
     assert len(read_local_metrics(str(tmp_path / "out" / "metrics.jsonl"))) == 6
 
 
-def test_resumed_tracker_continues_the_same_run(mlflow_server, tmp_path):  # noqa: F811
+def test_resumed_tracker_continues_the_same_run(mlflow_server, tmp_path):
     first = make_tracker(tmp_path / "a", mlflow_server.uri, "exp-resume")
     first.log_params({"lr": "0.1"})
     first.log_metrics({"train/loss": 3.0}, 1)

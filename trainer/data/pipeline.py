@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Callable, Iterator, Optional
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
@@ -180,8 +179,8 @@ class PoseBatches(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        if info is not None:
-            cv2.setNumThreads(1)  # one process per core already: no thread oversubscription
+        # no cv2.setNumThreads() here: after a fork from a parent whose OpenCV pool has run, that
+        # call deadlocks (seen with torch 2.13 / opencv 4.x); the pool itself is fork-safe
         errors = ErrorCounter(self.settings.max_bad_samples_logged)
         batches = self._train(worker, workers, errors) if self.settings.train else self._eval(worker, workers, errors)
         for index, batch in batches:

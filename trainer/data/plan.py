@@ -89,7 +89,7 @@ def stream_batch_counts(batches: int, streams: int) -> list[int]:
     return [batches // streams + (v < batches % streams) for v in range(streams)]
 
 
-def _segments_in_range(urls: Sequence[str], counts: Sequence[int], start: int, end: int) -> tuple[Segment, ...]:
+def segments_in_range(urls: Sequence[str], counts: Sequence[int], start: int, end: int) -> tuple[Segment, ...]:
     """The [start, end) sample range of shards laid end to end, as per-shard segments."""
     segments, offset = [], 0
     for url, count in zip(urls, counts):
@@ -116,7 +116,7 @@ def train_stream_plans(source: ShardSource, seed: int, epoch: int, rank: int, wo
             order = make_rng(seed, epoch, SHARD_ORDER).permutation(len(source.urls))
             urls = [source.urls[i] for i in order]
             counts = [source.counts[i] for i in order]
-            plans.append(StreamPlan(_segments_in_range(urls, counts, position, position + size), size, position))
+            plans.append(StreamPlan(segments_in_range(urls, counts, position, position + size), size, position))
         position += size
     return plans
 
@@ -134,5 +134,5 @@ def eval_stream_plans(source: ShardSource, rank: int, world_size: int, streams: 
             continue
         total = sum(source.counts)
         start, end = index * total // total_streams, (index + 1) * total // total_streams
-        plans.append(StreamPlan(_segments_in_range(source.urls, source.counts, start, end), end - start, start))
+        plans.append(StreamPlan(segments_in_range(source.urls, source.counts, start, end), end - start, start))
     return plans

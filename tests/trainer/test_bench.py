@@ -1,0 +1,47 @@
+"""Smoke test of the benchmark suite: a tiny preset runs for real and writes its keys (no timing asserts)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from trainer.bench import add_bench_parser, run_bench
+from trainer.bench_report import render_markdown
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_bench_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(argv)
+
+
+def test_train_and_checkpointing_write_their_figures(tmp_path):
+    out, doc = tmp_path / "bench.json", tmp_path / "benchmarks.md"
+    for part in ("train", "checkpointing"):
+        assert run_bench(_parse(["bench", part, "--preset", "smoke", "--json", str(out)])) == 0
+        result = json.loads(out.read_text())
+        assert result["preset"] == "smoke" and result["machine"]["torch"]
+        assert set(result["load_average"]) == {part}
+        if part == "train":
+            train = result["parts"]["train"]
+            assert result["parts"]["peak"]["gflops"] > 0
+            for key in ("gflops", "efficiency", "overhead", "bf16", "profile", "bare_step", "full_step"):
+                assert key in train
+            assert train["train_flops_per_step"] > 0 and train["profile"]["top_ops"]
+            assert len(train["bare_step"]["runs_s"]) == 2
+            train_result = result
+        else:
+            ckpt = result["parts"]["checkpointing"]
+            assert ckpt["plain_step_peak_bytes"] > 0 and ckpt["checkpointing_step_peak_bytes"] > 0
+            assert ckpt["memory_ratio"] > 0 and ckpt["time_ratio"]["median"] > 0
+    train_result["parts"].update(result["parts"])
+    markdown = render_markdown(train_result)
+    for figure in ("Convolution peak", "Training step", "Framework overhead", "bf16", "checkpointing memory",
+                   "Time to accuracy", "On paper, for GPUs", "amx_bf16"):
+        assert figure in markdown
+
+
+def test_unknown_part_is_refused():
+    with pytest.raises(SystemExit):
+        _parse(["bench", "everything", "--json", "x.json"])

@@ -1,0 +1,176 @@
+"""Data benchmark: samples/s per worker of (a) this pipeline from shards with full augmentation,
+(b) a raw loader as mmpose/HRNet do it (read + decode the whole original image per person, then
+the same augmentation and warp), (c) decoding the stored crops alone (the ceiling for (a)).
+
+All three run in this one process, one thread for OpenCV (= one loader worker), on the same
+people, interleaved repeat by repeat after a warm-up; the figures are medians. Optionally the
+real DataLoader with `workers` processes is timed too.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import statistics
+import time
+from typing import Any, Callable, Optional
+
+import cv2
+import numpy as np
+
+from shards.schema import load_schema
+
+from . import transforms
+from .config import Config
+from .data import build_train_loader, resolve_shards
+from .data.pipeline import StreamSettings, TrainStream
+from .data.plan import AUGMENT, StreamPlan, segments_in_range, make_rng
+from .data.reader import ErrorCounter, read_segments
+from .data.samples import SampleMaker, collate, decode_image, parse_record
+from .data.sources import DataError
+
+
+def _people(segments: list) -> list[tuple[int, int]]:
+    """(image_id, annotation_id) of the benchmark's samples, in shard order."""
+    people = []
+    for raw in read_segments(segments, ErrorCounter()):
+        meta = json.loads(raw.members["json"])
+        people.append((int(meta["image_id"]), int(meta["annotation_id"])))
+    return people
+
+
+def _coco_files(shard_dir: str, coco_root: Optional[str], split: str) -> tuple[str, str]:
+    """(annotation json, image directory) of the originals the shards were cut from."""
+    manifest = resolve_shards(shard_dir).manifest or {}
+    sources = manifest.get("sources", {})
+    candidates = []
+    if coco_root:
+        for images in (f"images/{split}", f"{split}2017", f"images/{split}2017", "images"):
+            for name in (f"person_keypoints_{split}.json", f"person_keypoints_{split}2017.json"):
+                candidates.append((os.path.join(coco_root, "annotations", name), os.path.join(coco_root, images)))
+    if "annotations" in sources and "images_dir" in sources:
+        candidates.append((sources["annotations"]["path"], sources["images_dir"]))
+    for annotations, images in candidates:
+        if os.path.isfile(annotations) and os.path.isdir(images):
+            return annotations, images
+    raise DataError(f"no COCO annotations + images for split {split!r} under {coco_root!r} "
+                    f"(nor in {shard_dir}/manifest.json sources)")
+
+
+class RawCocoLoader:
+    """What top-down frameworks do per person: imread the photo, augment, warp from it."""
+
+    def __init__(self, annotations: str, images_dir: str, config: Config) -> None:
+        with open(annotations, encoding="utf-8") as f:
+            data = json.load(f)
+        self.files = {im["id"]: os.path.join(images_dir, im["file_name"]) for im in data["images"]}
+        self.annotations = {a["id"]: a for a in data["annotations"]}
+        schema = load_schema(config.data.schema)
+        self.flip_permutation = schema.flip_permutation()
+        self.groups = transforms.half_body_groups(schema.keypoint_names)
+        self.config = config
+
+    def sample(self, image_id: int, annotation_id: int, position: int) -> dict[str, Any]:
+        image = cv2.imread(self.files[image_id], cv2.IMREAD_COLOR)
+        annotation = self.annotations[annotation_id]
+        keypoints = np.asarray(annotation["keypoints"], np.float64).reshape(-1, 3)
+        labelled = keypoints[:, 2] > 0
+        size = self.config.model.input_size
+        rng = make_rng(self.config.seed, 0, AUGMENT, position)
+        geometry = transforms.sample_geometry(rng, annotation["bbox"], keypoints[:, :2], labelled,
+                                              self.config.augment, size, self.groups)
+        matrix = transforms.crop_to_input_affine(geometry, size)
+        warped = transforms.colour_jitter(transforms.warp_image(image, matrix, size), rng,
+                                          self.config.augment.colour_jitter)
+        points, weights = transforms.transform_keypoints(keypoints[:, :2], labelled, matrix, geometry.flip,
+                                                         self.flip_permutation, size)
+        return {"image_bgr": warped, "keypoints": points, "weights": weights,
+                "input_to_image": transforms.invert_affine(matrix), "image_id": image_id,
+                "annotation_id": annotation_id, "score": 1.0, "head_size": 0.0,
+                "area": float(annotation.get("area", 0.0)), "key": str(annotation_id), "flipped": geometry.flip}
+
+
+def _rate(run: Callable[[], int]) -> float:
+    start = time.perf_counter()
+    count = run()
+    return count / (time.perf_counter() - start)
+
+
+def run_data_benchmark(shard_dir: str, coco_root: Optional[str], num_samples: int = 256, workers: int = 0,
+                       repeats: int = 3, config: Optional[Config] = None) -> dict[str, Any]:
+    """Samples/s per worker of (a) pipeline, (b) raw per-person loader, (c) crop decoding only,
+    and the ratios a/b (target >= 3) and a/c (target >= 0.5)."""
+    config = copy.deepcopy(config) if config is not None else Config()
+    config.data.train_shards = shard_dir
+    source = resolve_shards(shard_dir)
+    if source.counts is None:
+        raise DataError(f"{shard_dir}: the data benchmark needs a shard directory with a manifest")
+    num_samples = min(num_samples, source.num_samples)
+    batch = min(config.data.batch_size, num_samples)
+    num_samples -= num_samples % batch
+    segments = segments_in_range(source.urls, source.counts, 0, num_samples)
+    people = _people(segments)
+    split = (source.manifest or {}).get("split", "train")
+    raw_loader = RawCocoLoader(*_coco_files(shard_dir, coco_root, split), config)
+    schema = load_schema(config.data.schema)
+    maker = SampleMaker(config.model.input_size, config.augment, schema.flip_permutation(), schema.keypoint_names)
+
+    def pipeline() -> int:
+        settings = StreamSettings(config.seed, 0, 0, batch, config.data.shuffle_buffer, train=True)
+        stream = TrainStream(StreamPlan(segments, num_samples, 0), 0, settings, maker, ErrorCounter())
+        return sum(b["image"].shape[0] for b in stream.batches(0))
+
+    def raw() -> int:
+        done = 0
+        for start in range(0, len(people), batch):
+            chunk = [raw_loader.sample(i, a, start + k) for k, (i, a) in enumerate(people[start:start + batch])]
+            done += collate(chunk)["image"].shape[0]
+        return done
+
+    def decode_only() -> int:
+        count = 0
+        for sample in read_segments(segments, ErrorCounter()):
+            parse_record(sample, schema.num_keypoints)
+            decode_image(sample)
+            count += 1
+        return count
+
+    cases = {"pipeline": pipeline, "raw_loader": raw, "decode_only": decode_only}
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # one loader worker = one core
+    try:
+        for run in cases.values():
+            run()  # warm-up: page cache, lazy imports
+        runs: dict[str, list[float]] = {name: [] for name in cases}
+        for _ in range(repeats):
+            for name, run in cases.items():
+                runs[name].append(_rate(run))
+    finally:
+        cv2.setNumThreads(threads)
+    medians = {name: statistics.median(values) for name, values in runs.items()}
+    result: dict[str, Any] = {
+        "samples": num_samples, "repeats": repeats, "input_size": list(config.model.input_size),
+        "samples_per_s_per_worker": medians, "runs": runs,
+        "pipeline_vs_raw": medians["pipeline"] / medians["raw_loader"],
+        "pipeline_vs_decode": medians["pipeline"] / medians["decode_only"],
+    }
+    result["targets_met"] = {"pipeline >= 3x raw": result["pipeline_vs_raw"] >= 3.0,
+                             "pipeline >= 50% of decode": result["pipeline_vs_decode"] >= 0.5}
+    if workers > 0:
+        result["loader"] = _time_loader(config, workers, num_samples, batch)
+    return result
+
+
+def _time_loader(config: Config, workers: int, num_samples: int, batch: int) -> dict[str, float]:
+    """The real multi-process DataLoader for one rank (start-up excluded: first batch is warm-up)."""
+    config = copy.deepcopy(config)
+    config.data.workers, config.data.batch_size = workers, batch
+    loader = iter(build_train_loader(config, 0, 1, epoch=0))
+    next(loader)
+    start, count = time.perf_counter(), 0
+    for data in loader:
+        count += data["image"].shape[0]
+        if count >= num_samples:
+            break
+    rate = count / max(time.perf_counter() - start, 1e-9)
+    return {"workers": workers, "samples_per_s": rate, "samples_per_s_per_worker": rate / workers}
