@@ -87,8 +87,11 @@ def measure_train(shape: ModelShape, repeats: int, peak: dict, with_bf16: bool, 
     images, target = float_input(shape, channels_last=True), bare_target(model, shape)
     batch = synthetic_batch(shape)
     full_step = TrainingStep(backend, shape, torch.device("cpu"), channels_last=True, log_every=1)
+    # The peak convolution runs in the same rounds, so efficiency is a ratio taken side by side.
+    conv_input, conv_weight, conv_flops = _peak_operands(peak)
     variants = {"bare": lambda: bare_step(model, optimizer, images, target),
-                "full": lambda: full_step(batch)}
+                "full": lambda: full_step(batch),
+                "peak_conv": lambda: _no_grad_conv(conv_input, conv_weight)}
     if with_bf16:
         variants["bf16"] = lambda: bare_step(model, optimizer, images, target, autocast_dtype=torch.bfloat16)
     times = interleaved(variants, repeats, warmup=1)
@@ -101,9 +104,13 @@ def measure_train(shape: ModelShape, repeats: int, peak: dict, with_bf16: bool, 
         "bare_step": bare, "full_step": summary(times["full"]),
         "gflops": flops / bare["median_s"] / 1e9, "gflops_best": flops / bare["min_s"] / 1e9,
         "images_per_s": shape.batch / bare["median_s"],
-        "efficiency": flops / bare["median_s"] / 1e9 / peak["gflops"],
-        "efficiency_of_best": flops / bare["min_s"] / 1e9 / peak["gflops_best"],
+        "peak_conv_in_rounds": summary(times["peak_conv"]),
+        "peak_gflops_in_rounds": conv_flops / statistics.median(times["peak_conv"]) / 1e9,
+        # (flops / t_bare) / (conv_flops / t_conv), round by round
+        "efficiency": flops / conv_flops / paired_ratio(times["bare"], times["peak_conv"])["median"],
+        "efficiency_of_best": flops / conv_flops / paired_ratio(times["bare"], times["peak_conv"])["of_best"],
         "overhead": paired_ratio(times["full"], times["bare"]),
+        "overhead_components": overhead_components(model, shape, full_step, batch, bare["median_s"]),
         "log_every": 1,
     }
     if with_bf16:
@@ -112,6 +119,51 @@ def measure_train(shape: ModelShape, repeats: int, peak: dict, with_bf16: bool, 
     if profile:
         result["profile"] = profile_step(model, optimizer, images, target, flops)
     return result
+
+
+def _peak_operands(peak: dict) -> tuple[torch.Tensor, torch.Tensor, int]:
+    best = max(peak["shapes"], key=lambda r: r["gflops_median"])
+    channels, side, batch = best["channels"], best["side"], best["batch"]
+    images = torch.randn(batch, channels, side, side).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(channels, channels, 3, 3).contiguous(memory_format=torch.channels_last)
+    return images, weight, 2 * channels * channels * 9 * batch * side * side
+
+
+def _no_grad_conv(images: torch.Tensor, weight: torch.Tensor) -> None:
+    with torch.no_grad():
+        F.conv2d(images, weight, padding=1)
+
+
+def overhead_components(model: torch.nn.Module, shape: ModelShape, full_step: TrainingStep,
+                        batch: dict[str, torch.Tensor], bare_median_s: float, repeats: int = 20) -> dict:
+    """What the full step adds, each part timed alone (milliseconds: many repeats are cheap, so
+    these are steadier than the difference of two noisy multi-second steps)."""
+    from trainer.data import normalize_images
+    from trainer.loss import heatmap_loss
+
+    side = shape.input_size // 4
+    output = torch.randn(shape.batch, shape.stacks, 17, side, side, requires_grad=True)
+    targets, weights = full_step.codec.encode(batch["keypoints"], batch["weights"])
+    grads = [torch.randn_like(p) for p in model.parameters()]
+    plain_target = torch.zeros_like(output)
+
+    def loss_extra() -> None:
+        heatmap_loss(output, targets, weights)[0].backward()
+
+    parts = {
+        "normalize_images": lambda: normalize_images(batch["image"], "cpu", torch.float32, True),
+        "codec_encode": lambda: full_step.codec.encode(batch["keypoints"], batch["weights"]),
+        "heatmap_loss_fwd_bwd": loss_extra,
+        "grad_norm": lambda: float(torch.nn.utils.get_total_norm(grads)),
+        "logging": lambda: full_step._log(torch.zeros(()), torch.zeros(shape.stacks), 0.0),
+    }
+    medians = {name: statistics.median(interleaved({name: fn}, repeats, warmup=2)[name]) for name, fn in parts.items()}
+    # The bare step's own MSE forward/backward is what the heatmap loss replaces.
+    plain = statistics.median(interleaved({"mse": lambda: F.mse_loss(output, plain_target).backward()},
+                                          repeats, warmup=2)["mse"])
+    added = sum(medians.values()) - plain
+    return {"seconds": medians, "bare_mse_fwd_bwd_s": plain, "added_s": added,
+            "share_of_bare_step": added / bare_median_s}
 
 
 def _category(op_name: str) -> str:

@@ -121,6 +121,13 @@ class DeepSpeedBackend:
             backend = "nccl" if self.device.type == "cuda" else "gloo"
             torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0, world_size=1)
         self.ds_config = build_deepspeed_config(self.config, dist.get_world_size())
+        # DeepSpeed broadcasts parameters viewed as bytes, which needs stride(-1) == 1: a
+        # channels_last 1x1 conv weight fails (and `.contiguous()` keeps its strides, since it already
+        # counts as contiguous). Standard-stride weights with channels_last inputs stay fast.
+        # (Same Parameter objects, so the optimizer's references stay valid.)
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.data = parameter.data.clone(memory_format=torch.contiguous_format)
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                     config=self.ds_config, dist_init_required=False)
 

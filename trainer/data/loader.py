@@ -1,6 +1,7 @@
 """The loaders the trainer calls, device-side normalisation, and data-error bookkeeping."""
 from __future__ import annotations
 
+import signal
 from typing import Any, Iterable, Optional
 
 import torch
@@ -51,9 +52,17 @@ def _worker_targets(config: Config):
                         config.codec.sigma, config.codec.unbiased).encode
 
 
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """Workers leave stopping to the trainer: SLURM and torchrun signal every process, and a worker
+    killed by SIGTERM would crash the main process before it can save its checkpoint. Workers
+    exit on their own when the main process closes the loader or dies."""
+    for name in ("SIGTERM", "SIGUSR1", "SIGINT"):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
 def _loader(dataset: PoseBatches, config: Config) -> DataLoader:
     workers = config.data.workers
-    return DataLoader(dataset, batch_size=None, num_workers=workers,
+    return DataLoader(dataset, batch_size=None, num_workers=workers, worker_init_fn=_ignore_stop_signals,
                       prefetch_factor=config.data.prefetch_factor if workers else None,
                       pin_memory=torch.cuda.is_available(), persistent_workers=False)
 
