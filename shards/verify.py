@@ -58,6 +58,10 @@ def _check_shard(path: str, entry: dict, schema: KeypointSchema) -> tuple[list[s
     try:
         with tarfile.open(path, "r") as tar:
             for member in tar:
+                if member.name.startswith("/") or ".." in member.name.split("/"):
+                    problems.append(f"{entry['name']}: member {member.name!r} has an unsafe path (absolute "
+                                    f"or with '..'): never extract this shard with tar")
+                    continue
                 key, _, ext = member.name.partition(".")
                 if key not in samples:
                     order.append(key)

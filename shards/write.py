@@ -8,6 +8,7 @@ complete and unchanged. manifest.json is removed at the start and written at the
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -71,11 +72,23 @@ def _sample_json(rec: dict, crop, image_size: tuple[int, int], split: str, schem
 
 
 def _write_shard(task: dict) -> dict:
-    """Worker: crop every record of one shard into NNNNNN.tar; return its sidecar."""
+    """Worker: crop every record of one shard into NNNNNN.tar; return its sidecar. A write error
+    (e.g. a full disk) removes the unfinished file and becomes a ShardError naming the shard."""
+    tmp = f"{os.path.join(task['out_dir'], shard_name(task['index']))}.tmp-{os.getpid()}"
+    try:
+        return _write_shard_via(task, tmp)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise ShardError(f"{task['out_dir']}: cannot write {shard_name(task['index'])}: "
+                         f"{error.strerror or error}; the unfinished file was removed and no manifest "
+                         f"was written") from None
+
+
+def _write_shard_via(task: dict, tmp: str) -> dict:
     out_dir, index = task["out_dir"], task["index"]
     settings = CropSettings(**task["settings"])
     final = os.path.join(out_dir, shard_name(index))
-    tmp = f"{final}.tmp-{os.getpid()}"
     skipped: Counter = Counter()
     skipped_keys: list[str] = []
     cached_path, image = None, None
@@ -209,5 +222,8 @@ def write_shards(records: Iterable[InstanceRecord], out_dir: str, *, dataset: st
         "created_unix": int(time.time()),
         "writer": {"workers": workers, "seconds": round(elapsed, 3)},
     }
-    write_manifest(out_dir, manifest)
+    try:
+        write_manifest(out_dir, manifest)
+    except OSError as error:
+        raise ShardError(f"{out_dir}: cannot write {MANIFEST_NAME}: {error.strerror or error}") from None
     return manifest

@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--predictions", help="a COCO keypoint results json to score instead")
     evaluate.add_argument("--shards", required=True, help="val shard directory (with manifest.json)")
     evaluate.add_argument("--no-flip", action="store_true", help="disable the flip test")
-    evaluate.add_argument("--out", help="write per-sample predictions (json) here")
+    evaluate.add_argument("--out", help="write per-sample predictions (json) here, and for COCO the "
+                          "COCO results next to it (NAME.coco_results.json)")
     evaluate.add_argument("--allow-incomplete", action="store_true",
                           help="report metrics even when val samples are missing")
     evaluate.add_argument("overrides", nargs="*", metavar="section.key=value")

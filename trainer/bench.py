@@ -22,9 +22,20 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from trainer.bench_steps import ModelShape
 
 PARTS = ("train", "checkpointing", "scaling", "data")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    stacks: int
+    features: int
+    input_size: int
+    batch: int
+    depth: int = 4
+
+    def label(self) -> str:
+        return f"{self.stacks}x{self.features} @ {self.input_size}px, batch {self.batch}"
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainer.backends import Backend
+from trainer.bench import ModelShape  # noqa: F401 (re-exported for the bench modules)
 from trainer.codec import HeatmapCodec
 from trainer.data import normalize_images
 from trainer.loss import heatmap_loss
@@ -25,18 +26,6 @@ from trainer.progress import Throughput
 
 NUM_KEYPOINTS = 17  # COCO
 HEATMAP_STRIDE = 4
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    stacks: int
-    features: int
-    input_size: int
-    batch: int
-    depth: int = 4
-
-    def label(self) -> str:
-        return f"{self.stacks}x{self.features} @ {self.input_size}px, batch {self.batch}"
 
 
 def use_all_cores() -> int:

@@ -18,12 +18,12 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import yaml
 
 from trainer import dist
-from trainer.backends.base import Backend, CheckpointError, check_tree_loads_safely, safe_load
+from trainer.backends.base import Backend, CheckpointError, safe_load
 from trainer.dist import WorldInfo
 
 MARKER = "COMPLETE"
@@ -31,6 +31,10 @@ BEST_FILE = "best.json"
 CONFIG_FILE = "config.yaml"  # the resolved run config, for eval/export without the run dir
 _FINAL = re.compile(r"^step_(\d{8})$")
 _LEFTOVER = re.compile(r"^step_\d{8}\.(tmp|old|deleting)$")
+# Test hook (tests/e2e/test_faults.py): the process dies (os._exit) inside the save of this step,
+# after the backend's files and before config.yaml and the COMPLETE marker, like a power cut.
+CRASH_IN_SAVE_ENV = "POSEFORGE_TEST_CRASH_IN_SAVE_AT_STEP"
+CRASH_EXIT_CODE = 86
 
 __all__ = ["CheckpointManager", "CheckpointError", "load_weights_only", "read_checkpoint_config",
            "resolve_checkpoint"]
@@ -123,17 +127,38 @@ class CheckpointManager:
                 shutil.rmtree(tmp)  # a crashed attempt at the same step
             tmp.mkdir(parents=True)
         dist.barrier()
-        backend.save(str(tmp), client_state)
-        if self.world.is_main and "config" in client_state:
-            (tmp / CONFIG_FILE).write_text(yaml.safe_dump(client_state["config"], sort_keys=False))
-        dist.barrier()
+        self._agree_or_abandon(tmp, step, lambda: self._write(backend, tmp, client_state))
+        self._agree_or_abandon(tmp, step, lambda: self._commit(tmp, final, step) if self.world.is_main else None)
         if self.world.is_main:
-            self._commit(tmp, final, step)
             if metric is not None and self.keep_best:
                 self._update_best(final, step, metric)
             self._prune()
         dist.barrier()
         return str(final)
+
+    def _write(self, backend: Backend, tmp: Path, client_state: dict) -> None:
+        backend.save(str(tmp), client_state)
+        if os.environ.get(CRASH_IN_SAVE_ENV) == str(client_state.get("step")):
+            os._exit(CRASH_EXIT_CODE)  # test hook: die with the files written but no config or marker
+        if self.world.is_main and "config" in client_state:
+            (tmp / CONFIG_FILE).write_text(yaml.safe_dump(client_state["config"], sort_keys=False))
+
+    def _agree_or_abandon(self, tmp: Path, step: int, write: Callable[[], None]) -> None:
+        """Run this rank's part of a save; if it fails on any rank (e.g. disk full), every rank
+        removes nothing but the unfinished `.tmp` and raises: no rank is left waiting in a barrier."""
+        failure: Optional[OSError] = None
+        try:
+            write()
+        except OSError as error:
+            failure = error
+        if not dist.any_rank_true(failure is not None):
+            return
+        if self.world.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        cause = f"{failure.strerror or failure}" if failure is not None else "failed on another rank"
+        previous = self.latest()
+        raise CheckpointError(f"{self.directory}: cannot write the checkpoint of step {step} ({cause}); "
+                              f"the unfinished copy was removed; the newest complete checkpoint is {previous}")
 
     def _commit(self, tmp: Path, final: Path, step: int) -> None:
         files = {}
@@ -238,7 +263,8 @@ def load_weights_only(path: str) -> dict:
     if not latest.exists():
         raise CheckpointError(f"{root}: neither model.pt (DDP) nor a DeepSpeed 'latest' marker")
     tag_dir = root / latest.read_text().strip()
-    check_tree_loads_safely(tag_dir)
+    from trainer.backends.deepspeed import check_deepspeed_checkpoint  # its pickles name a few DeepSpeed classes
+    check_deepspeed_checkpoint(tag_dir)
     if any(tag_dir.glob("*optim_states.pt")):  # ZeRO 1-3: consolidate the fp32 partitions
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
         state = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag_dir.name)

@@ -21,6 +21,10 @@ class DistributedError(RuntimeError):
     """A launch mistake the user can fix (inconsistent launcher environment); the CLI exits 2."""
 
 
+class CollectiveTimeout(RuntimeError):
+    """A collective did not complete within dist.timeout_s: another rank stopped answering."""
+
+
 @dataclass(frozen=True)
 class WorldInfo:
     rank: int = 0
@@ -92,6 +96,19 @@ def init_distributed(world: WorldInfo, timeout_s: float) -> torch.device:
         dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
     _collective_device = device
     return device
+
+
+def explain_timeout(error: BaseException, world: WorldInfo, timeout_s: float) -> Optional[CollectiveTimeout]:
+    """A CollectiveTimeout naming this rank and the ranks it waited for, when `error` is a
+    collective timeout (gloo says only "Timed out waiting ...ms for recv"); else None."""
+    if world.world_size == 1 or not isinstance(error, RuntimeError) or "timed out" not in str(error).lower():
+        return None
+    others = [rank for rank in range(world.world_size) if rank != world.rank]
+    first_line = str(error).strip().splitlines()[0][:300]
+    return CollectiveTimeout(
+        f"rank {world.rank} of {world.world_size} waited dist.timeout_s={timeout_s:g} s in a collective for "
+        f"rank(s) {', '.join(map(str, others))}: one of them hung, was stopped or died (torchrun's failure "
+        f"summary and the ranks' logs say which); stopping instead of hanging ({first_line})")
 
 
 def teardown() -> None:

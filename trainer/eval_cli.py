@@ -5,7 +5,6 @@ Runs as one process or under torchrun (each rank evaluates a disjoint part of th
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import torch
@@ -15,7 +14,8 @@ from shards.schema import load_schema
 from trainer import dist
 from trainer.checkpoint import load_weights_only, read_checkpoint_config
 from trainer.config import ConfigError, config_from_dict, load_config, parse_override, set_dotted
-from trainer.evaluate import IncompleteEvaluation, gather_predictions, predict_samples, score
+from trainer.evaluate import (IncompleteEvaluation, gather_predictions, predict_samples, score,
+                              write_predictions)
 from trainer.metrics import coco_keypoint_eval, format_coco_table, format_pckh_table, load_coco_results
 from trainer.train import build_model, make_codec
 
@@ -34,8 +34,12 @@ def _score_predictions_file(path: str, manifest: dict) -> int:
         raise ConfigError(f"--predictions takes COCO keypoint results; {manifest['dataset']} shards given")
     schema = load_schema(manifest["schema"])
     metrics = coco_keypoint_eval(load_coco_results(path), manifest["ground_truth"], sigmas=schema.sigmas)
-    print(format_coco_table(metrics, title=f"{path} ({manifest.get('boxes', 'gt')} boxes)"))
+    print(format_coco_table(metrics, title=f"{path} ({_boxes_label(manifest)} boxes)"))
     return 0
+
+
+def _boxes_label(manifest: dict) -> str:
+    return "detector" if manifest.get("boxes") in ("detector", "detections") else "ground-truth"
 
 
 def _checkpoint_config(checkpoint: str, overrides: list[str]):
@@ -67,8 +71,7 @@ def _evaluate_checkpoint(args: argparse.Namespace, manifest: dict) -> int:
         if not world.is_main:
             return 0
         if args.out:
-            with open(args.out, "w") as handle:
-                json.dump(everything, handle)
+            write_predictions(everything, manifest, schema, args.out)
         try:
             metrics = score(everything, manifest, schema, config.eval.allow_incomplete)
         except IncompleteEvaluation as error:
@@ -77,8 +80,8 @@ def _evaluate_checkpoint(args: argparse.Namespace, manifest: dict) -> int:
         if manifest["dataset"] == "mpii":
             print(format_pckh_table(metrics))
         else:
-            boxes = "detector" if manifest.get("boxes") in ("detector", "detections") else "ground-truth"
-            print(format_coco_table(metrics, title=f"{args.checkpoint} on {args.shards} ({boxes} boxes)"))
+            print(format_coco_table(metrics, title=f"{args.checkpoint} on {args.shards} "
+                                                   f"({_boxes_label(manifest)} boxes)"))
         return 0
     finally:
         dist.teardown()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from typing import Any, Callable
 
 import numpy as np
@@ -100,17 +101,43 @@ def score(records: list[dict[str, Any]], manifest: dict[str, Any], schema: Keypo
     return score_coco(records, manifest, schema)
 
 
-def score_coco(records: list[dict[str, Any]], manifest: dict[str, Any], schema: KeypointSchema) -> dict[str, float]:
-    box_source = manifest.get("boxes", "gt")
-    box_source = "detector" if box_source in ("detector", "detections") else "gt"
-    results = build_coco_results(
-        box_source, [r["image_id"] for r in records],
+def _box_source(manifest: dict[str, Any]) -> str:
+    return "detector" if manifest.get("boxes", "gt") in ("detector", "detections") else "gt"
+
+
+def coco_results(records: list[dict[str, Any]], manifest: dict[str, Any],
+                 schema: KeypointSchema) -> list[dict[str, Any]]:
+    """Per-sample records -> COCO keypoint results (rescored, OKS-NMS with detector boxes): the
+    list that is scored, and the format `python -m trainer eval --predictions` reads."""
+    return build_coco_results(
+        _box_source(manifest), [r["image_id"] for r in records],
         np.array([r["keypoints"] for r in records], dtype=np.float64).reshape(len(records), -1, 3),
         box_scores=np.array([r["box_score"] for r in records]),
         areas=np.array([r["area"] for r in records]), sigmas=schema.sigmas)
-    metrics = coco_keypoint_eval(results, manifest["ground_truth"], sigmas=schema.sigmas)
+
+
+def score_coco(records: list[dict[str, Any]], manifest: dict[str, Any], schema: KeypointSchema) -> dict[str, float]:
+    metrics = coco_keypoint_eval(coco_results(records, manifest, schema), manifest["ground_truth"],
+                                 sigmas=schema.sigmas)
     # The unlabelled names (AP, AR, ...) are the ones a config's eval.metric refers to.
-    return {**metrics, **label_metrics(metrics, box_source)}
+    return {**metrics, **label_metrics(metrics, _box_source(manifest))}
+
+
+def coco_results_path(predictions_path: str) -> str:
+    """Where write_predictions puts the COCO results next to `predictions_path`."""
+    root, _ = os.path.splitext(predictions_path)
+    return root + ".coco_results.json"
+
+
+def write_predictions(records: list[dict[str, Any]], manifest: dict[str, Any], schema: KeypointSchema,
+                      path: str) -> None:
+    """The per-sample records to `path`; for COCO also the COCO results file (coco_results_path)."""
+    with open(path, "w") as handle:
+        json.dump(records, handle)
+    if manifest["dataset"] != "mpii":
+        records = list({r["key"]: r for r in records}.values())  # as scored
+        with open(coco_results_path(path), "w") as handle:
+            json.dump(coco_results(records, manifest, schema), handle)
 
 
 def score_mpii(records: list[dict[str, Any]], ground_truth: dict[str, Any]) -> dict[str, float]:
@@ -129,6 +156,7 @@ def evaluate(backend: Any, config: Config, world: dist.WorldInfo, device: torch.
              dtype: torch.dtype = torch.float32, out_path: str | None = None) -> dict[str, float]:
     """Evaluate the backend's model on `shards`; the metrics on every rank (broadcast from rank 0)."""
     backend.model.eval()
+    use_rank0_buffers(backend.unwrapped)
 
     def forward(images: torch.Tensor) -> torch.Tensor:
         with backend.autocast():
@@ -140,17 +168,26 @@ def evaluate(backend: Any, config: Config, world: dist.WorldInfo, device: torch.
     metrics: dict[str, float] | None = None
     error: str | None = None
     if world.is_main:
+        manifest = read_manifest(shards)
         try:
-            metrics = score(everything, read_manifest(shards), schema, config.eval.allow_incomplete)
+            metrics = score(everything, manifest, schema, config.eval.allow_incomplete)
         except IncompleteEvaluation as incomplete:
             error = str(incomplete)
         if out_path and everything is not None:
-            with open(out_path, "w") as handle:
-                json.dump(everything, handle)
+            write_predictions(everything, manifest, schema, out_path)
     metrics, error = dist.broadcast_object((metrics, error))
     if error:
         raise IncompleteEvaluation(error)
     return metrics
+
+
+def use_rank0_buffers(module: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics). DeepSpeed, unlike DDP,
+    never syncs buffers, so each rank's follow its own batches; rank 0's are the ones a
+    checkpoint keeps, so evaluating with them makes the metrics those of the saved model."""
+    if dist.get_world_size() > 1:
+        for buffer in module.buffers():
+            torch.distributed.broadcast(buffer, src=0)
 
 
 @contextlib.contextmanager

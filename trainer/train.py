@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import random
 import time
+import traceback
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,10 @@ from trainer.optim import build_optimizer, build_scheduler, effective_lr
 from trainer.preemption import StopRequest, requeue_slurm_job
 from trainer.progress import ConsoleProgress, Throughput
 from trainer.tracking import open_tracker
+
+
+# Test hook (tests/e2e/test_faults.py): the loss of this step (1-based) is made NaN on every rank.
+NAN_AT_STEP_ENV = "POSEFORGE_TEST_NAN_AT_STEP"
 
 
 class NonFiniteLoss(RuntimeError):
@@ -63,6 +68,14 @@ def train(config: Config, resume: str | None = None, init_from: str | None = Non
     device = dist.init_distributed(world, config.dist.timeout_s)
     try:
         return _train(config, world, device, resume, init_from)
+    except BaseException as error:
+        # The traceback would keep _train's data loader alive past multiprocessing's exit handler,
+        # whose terminate() the loader workers ignore: the process would never exit. Free it now.
+        traceback.clear_frames(error.__traceback__)
+        timeout = dist.explain_timeout(error, world, config.dist.timeout_s)
+        if timeout is not None:
+            raise timeout from error
+        raise
     finally:
         dist.teardown()
 
@@ -121,6 +134,7 @@ def _train(config: Config, world: dist.WorldInfo, device: torch.device,
         saved_path = checkpoints.save(backend, state["step"], {**state, "config": to_dict(config)}, metric)
 
     stopped_early = False
+    nan_at_step = int(os.environ.get(NAN_AT_STEP_ENV) or 0)
     try:
         backend.model.train()
         for epoch in range(state["epoch"], config.schedule.epochs):
@@ -148,6 +162,8 @@ def _train(config: Config, world: dist.WorldInfo, device: torch.device,
                     with backend.autocast():
                         heatmaps = backend.model(backend.cast_inputs(images))
                     loss, per_stack = heatmap_loss(heatmaps, targets, target_weights)
+                    if state["step"] + 1 == nan_at_step:
+                        loss = loss * float("nan")
                     backend.backward(loss, is_accumulation_boundary=micro == accumulation - 1)
                     loss_sum += loss.detach()
                     stack_sum += per_stack.detach()

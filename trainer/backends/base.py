@@ -71,10 +71,34 @@ PRECISION_DTYPES: dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torc
 # Safe file I/O
 
 
+class _KeepWriteError:
+    """The file torch.save writes through: torch turns a failed write (a full disk) into an opaque
+    RuntimeError ("unexpected pos"); this keeps the OSError so that callers can say what happened."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle, self.error = handle, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
 def save_file(obj: Any, path: str | Path) -> None:
-    """torch.save + fsync, so a checkpoint marked complete is really on disk."""
+    """torch.save + fsync, so a checkpoint marked complete is really on disk. Write errors are OSErrors."""
     with open(path, "wb") as handle:
-        torch.save(obj, handle)
+        sink = _KeepWriteError(handle)
+        try:
+            torch.save(obj, sink)
+        except RuntimeError:
+            if sink.error is None:
+                raise
+            raise sink.error from None
         handle.flush()
         os.fsync(handle.fileno())
 
