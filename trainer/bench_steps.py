@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
