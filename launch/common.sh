@@ -17,6 +17,11 @@ export PYTHONPATH="${POSEFORGE_DIR}${PYTHONPATH:+:${PYTHONPATH}}"
 # pre-emption notice (see slurm_train.sbatch). The trainer treats each as "checkpoint and stop".
 PF_TORCHRUN_SIGNALS="SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 
+# With --max-restarts > 0, torchrun shares one TCPStore between its rendezvous and the workers,
+# and restarted workers can read the dead attempt's gloo/NCCL addresses from it ("Connection
+# refused" at init_process_group; pytorch issue #135712). A store per attempt avoids that.
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE="${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}"
+
 # pf_validate_config TRAIN_ARGS...: resolve the config exactly as `python -m trainer train` will
 # (file, base file, overrides) without importing torch; on a mistake print the trainer's message
 # and exit with its status (2), so nothing is launched or queued. Sets PF_RESOLVED_CONFIG.

@@ -2,9 +2,11 @@
 # The whole chain on the built-in synthetic data set, on CPU:
 #   synthetic COCO-format data -> shards -> 2-process torchrun training -> evaluation
 #   -> registered model (MLflow, local sqlite) -> prediction with overlay images.
-# Everything lands in demo/ (delete it to start over; a re-run resumes/reuses what is complete).
+# Everything lands in demo/ (delete it to start over, e.g. after changing DEMO_DIFFICULTY; a
+# re-run reuses the data and shards and resumes training from its newest checkpoint).
 # Environment knobs: DEMO_IMAGES (train images, default 800), DEMO_VAL_IMAGES (default 100),
-# NPROC (processes, default 2), extra arguments are config overrides for the training run.
+# DEMO_DIFFICULTY (easy|medium|hard, default easy), NPROC (processes, default 2); extra arguments
+# are config overrides for the training run.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -17,10 +19,10 @@ nproc="${NPROC:-2}"
 start=$(date +%s)
 step() { echo; echo "== $* ($(( $(date +%s) - start )) s)"; }
 
-step "1/5 synthetic COCO-format data set ($images train / $val_images val images, difficulty medium)"
+step "1/5 synthetic COCO-format data set ($images train / $val_images val images, difficulty ${DEMO_DIFFICULTY:-easy})"
 if [ ! -f demo/data/annotations/person_keypoints_val.json ]; then
   $py -m shards synth --format coco --out demo/data --images "$images" --val-images "$val_images" \
-    --seed 0 --difficulty medium --workers 2
+    --seed 0 --difficulty "${DEMO_DIFFICULTY:-easy}" --workers 2
 fi
 
 step "2/5 shards"
@@ -39,9 +41,9 @@ best="demo/run/checkpoints/$($py -c "import json;print(json.load(open('demo/run/
 $py -m trainer eval --checkpoint "$best" --shards demo/shards/val
 
 step "5/5 prediction with the registered model"
-if $py -m trainer predict --help >/dev/null 2>&1; then
-  $py -m trainer predict --model "models:/poseforge-demo@champion" \
-    --tracking-uri "sqlite:///demo/run/mlflow.db" \
-    --images demo/data/images/val/$(ls demo/data/images/val | head -1) --out demo/predictions
-fi
-step "done"
+$py -m trainer predict --model "models:/poseforge-demo@champion" \
+  --tracking-uri "sqlite:///demo/run/mlflow.db" \
+  --boxes demo/data/annotations/person_detections_val.json \
+  --images $(ls demo/data/images/val/*.jpg | head -3) --out demo/predictions
+step "done: $(( $(date +%s) - start )) s in all; best checkpoint $best"
+echo "browse the run: .venv/bin/mlflow ui --backend-store-uri sqlite:///demo/run/mlflow.db"

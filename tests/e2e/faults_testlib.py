@@ -25,7 +25,8 @@ ENV = {"DS_ACCELERATOR": "cpu", "POSEFORGE_SYSTEM_METRICS": "0"}
 
 def train_command(shards: Path, out: Path, *overrides: str, nproc: int = 1, max_restarts: int = 0) -> list[str]:
     """`python -m trainer train` on the tiny demo set; under torchrun when nproc > 1."""
-    args = ["-m", "trainer", "train", *train_args(shards, out, *overrides)]
+    # fp32 whatever the demo config says: the restart test compares weights exactly
+    args = ["-m", "trainer", "train", *train_args(shards, out, "precision.dtype=fp32", *overrides)]
     if nproc == 1:
         return [sys.executable, *args]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),

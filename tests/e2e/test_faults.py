@@ -294,3 +294,28 @@ def test_tracking_server_down_killed_and_back(demo_shards, tmp_path):
     finally:
         server.stop()
     assert history == steps
+
+
+# ---------------------------------------------------------------------------------------------
+# A 20000 x 20000 image (predict's reader), with the default limit
+
+
+def test_huge_image_is_refused_from_its_header_in_bounded_memory(tmp_path):
+    import resource
+    import struct
+    import zlib
+
+    from trainer.images import ImageInputError, read_image
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    # A valid PNG header claiming 20000 x 20000 RGB (1.2 GB decoded); the pixel data is cut short.
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(bytes(60001) * 10)) + chunk(b"IEND", b""))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ImageInputError, match="above the limit") as error:
+        read_image(str(huge))
+    assert str(huge) in str(error.value)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024  # KiB: < 100 MB
