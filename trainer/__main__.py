@@ -86,7 +86,7 @@ def _run(args: argparse.Namespace) -> int:
             print(dump_yaml(config), end="")
             return 0
         from trainer.train import train
-        result = train(config, resume=args.resume, init_from=args.init_from)
+        train(config, resume=args.resume, init_from=args.init_from)
         return 0
     if args.command == "eval":
         from trainer.eval_cli import run_eval

@@ -18,10 +18,9 @@ from torch import Tensor, nn
 from trainer.backends import Backend
 from trainer.bench import ModelShape  # noqa: F401 (re-exported for the bench modules)
 from trainer.codec import HeatmapCodec
-from trainer.data import normalize_images
-from trainer.loss import heatmap_loss
 from trainer.model import StackedHourglass
 from trainer.progress import Throughput
+from trainer.train import micro_batch_loss
 
 NUM_KEYPOINTS = 17  # COCO
 HEATMAP_STRIDE = 4
@@ -94,14 +93,8 @@ class TrainingStep:
         backend, device = self.backend, self.device
         loss_sum = torch.zeros((), device=device)
         stack_sum = torch.zeros(self.stacks, device=device)
-        images = normalize_images(batch["image"], device, torch.float32, self.channels_last)
-        self.throughput.add(images.shape[0], 0.0)
-        keypoints = batch["keypoints"].to(device, non_blocking=True)
-        weights = batch["weights"].to(device, non_blocking=True)
-        targets, target_weights = self.codec.encode(keypoints, weights)
-        with backend.autocast():
-            heatmaps = backend.model(backend.cast_inputs(images))
-        loss, per_stack = heatmap_loss(heatmaps, targets, target_weights)
+        self.throughput.add(batch["image"].shape[0], 0.0)
+        loss, per_stack = micro_batch_loss(backend, self.codec, batch, device, self.channels_last)
         backend.backward(loss, is_accumulation_boundary=True)
         loss_sum += loss.detach()
         stack_sum += per_stack.detach()

@@ -13,7 +13,7 @@ from shards.manifest import read_manifest
 from shards.schema import load_schema
 from trainer import dist
 from trainer.checkpoint import load_weights_only, read_checkpoint_config
-from trainer.config import ConfigError, config_from_dict, load_config, parse_override, set_dotted
+from trainer.config import ConfigError, config_from_dict, parse_override, set_dotted
 from trainer.evaluate import (IncompleteEvaluation, gather_predictions, predict_samples, score,
                               write_predictions)
 from trainer.metrics import coco_keypoint_eval, format_coco_table, format_pckh_table, load_coco_results

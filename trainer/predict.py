@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
-import cv2
 import numpy as np
 import torch
 

@@ -12,7 +12,7 @@ import torch
 
 from shards.schema import load_schema
 from trainer import dist
-from trainer.backends import make_backend
+from trainer.backends import Backend, make_backend
 from trainer.checkpoint import CheckpointManager, load_weights_only
 from trainer.codec import HeatmapCodec
 from trainer.config import Config, ConfigError, check_data_paths, save_config, to_dict
@@ -60,6 +60,22 @@ def make_codec(config: Config) -> HeatmapCodec:
     stride = config.model.heatmap_stride
     return HeatmapCodec(input_size=(width, height), heatmap_size=(width // stride, height // stride),
                         sigma=config.codec.sigma, unbiased=config.codec.unbiased)
+
+
+def micro_batch_loss(backend: Backend, codec: HeatmapCodec, batch: dict, device: torch.device,
+                     channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One micro-batch forward: heatmap targets on the device (unless the loader made them), the
+    model, and the loss on every stack. Returns (loss, per-stack losses)."""
+    images = normalize_images(batch["image"], device, torch.float32, channels_last)
+    if "heatmaps" in batch:  # made by the loader workers (data.targets_on_device=false)
+        targets = batch["heatmaps"].to(device, non_blocking=True)
+        target_weights = batch["target_weights"].to(device, non_blocking=True)
+    else:
+        targets, target_weights = codec.encode(batch["keypoints"].to(device, non_blocking=True),
+                                               batch["weights"].to(device, non_blocking=True))
+    with backend.autocast():
+        heatmaps = backend.model(backend.cast_inputs(images))
+    return heatmap_loss(heatmaps, targets, target_weights)
 
 
 def train(config: Config, resume: str | None = None, init_from: str | None = None) -> TrainResult:
@@ -124,7 +140,6 @@ def _train(config: Config, world: dist.WorldInfo, device: torch.device,
     stop = StopRequest()
     stop.install()
     throughput = Throughput()
-    dtype = torch.float32  # inputs; autocast / DeepSpeed's cast_inputs pick the compute dtype
     last_eval: dict[str, float] = {}
     saved_path = resume_path
 
@@ -150,18 +165,9 @@ def _train(config: Config, world: dist.WorldInfo, device: torch.device,
                 for micro in range(accumulation):
                     wait_start = time.perf_counter()
                     batch = next(batches)
-                    images = normalize_images(batch["image"], device, dtype, config.model.channels_last)
-                    throughput.add(images.shape[0], time.perf_counter() - wait_start)
+                    throughput.add(batch["image"].shape[0], time.perf_counter() - wait_start)
                     data_errors.update(batch)
-                    if "heatmaps" in batch:  # made by the loader workers (data.targets_on_device=false)
-                        targets = batch["heatmaps"].to(device, non_blocking=True)
-                        target_weights = batch["target_weights"].to(device, non_blocking=True)
-                    else:
-                        targets, target_weights = codec.encode(batch["keypoints"].to(device, non_blocking=True),
-                                                               batch["weights"].to(device, non_blocking=True))
-                    with backend.autocast():
-                        heatmaps = backend.model(backend.cast_inputs(images))
-                    loss, per_stack = heatmap_loss(heatmaps, targets, target_weights)
+                    loss, per_stack = micro_batch_loss(backend, codec, batch, device, config.model.channels_last)
                     if state["step"] + 1 == nan_at_step:
                         loss = loss * float("nan")
                     backend.backward(loss, is_accumulation_boundary=micro == accumulation - 1)
@@ -215,7 +221,7 @@ def _train(config: Config, world: dist.WorldInfo, device: torch.device,
                 if world.is_main:
                     os.makedirs(os.path.dirname(predictions_path), exist_ok=True)
                 last_eval = evaluate(backend, config, world, device, codec, schema,
-                                     shards=config.data.val_shards, dtype=dtype, out_path=predictions_path)
+                                     shards=config.data.val_shards, out_path=predictions_path)
                 backend.model.train()
                 metric = last_eval.get(config.eval.metric)
                 progress.message("eval " + " ".join(f"{k} {v:.4f}" for k, v in last_eval.items() if "/" not in k))
