@@ -6,7 +6,6 @@ Scoring refuses an incomplete val set (a dropped or doubled sample silently chan
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from typing import Any, Callable
@@ -188,13 +187,3 @@ def use_rank0_buffers(module: torch.nn.Module) -> None:
     if dist.get_world_size() > 1:
         for buffer in module.buffers():
             torch.distributed.broadcast(buffer, src=0)
-
-
-@contextlib.contextmanager
-def eval_mode(module: torch.nn.Module):
-    was_training = module.training
-    module.eval()
-    try:
-        yield module
-    finally:
-        module.train(was_training)

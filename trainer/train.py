@@ -17,7 +17,7 @@ from trainer.checkpoint import CheckpointManager, load_weights_only
 from trainer.codec import HeatmapCodec
 from trainer.config import Config, ConfigError, check_data_paths, save_config, to_dict
 from trainer.data import DataErrorTally, build_train_loader, normalize_images, train_batches_per_epoch
-from trainer.evaluate import evaluate
+from trainer.evaluate import IncompleteEvaluation, evaluate
 from trainer.loss import heatmap_loss
 from trainer.model import StackedHourglass
 from trainer.optim import build_optimizer, build_scheduler, effective_lr
@@ -220,12 +220,17 @@ def _train(config: Config, world: dist.WorldInfo, device: torch.device,
                 predictions_path = os.path.join(config.output_dir, "eval", f"predictions_{state['step']:08d}.json")
                 if world.is_main:
                     os.makedirs(os.path.dirname(predictions_path), exist_ok=True)
-                last_eval = evaluate(backend, config, world, device, codec, schema,
-                                     shards=config.data.val_shards, out_path=predictions_path)
+                try:
+                    last_eval = evaluate(backend, config, world, device, codec, schema,
+                                         shards=config.data.val_shards, out_path=predictions_path)
+                    progress.message("eval " + " ".join(f"{k} {v:.4f}" for k, v in last_eval.items() if "/" not in k))
+                    tracker.log_eval(last_eval, state["step"], predictions_path=predictions_path)
+                except IncompleteEvaluation as incomplete:
+                    # No metric rather than a wrong one; training (and checkpointing) goes on.
+                    last_eval = {}
+                    progress.message(f"eval skipped: {incomplete}")
                 backend.model.train()
                 metric = last_eval.get(config.eval.metric)
-                progress.message("eval " + " ".join(f"{k} {v:.4f}" for k, v in last_eval.items() if "/" not in k))
-                tracker.log_eval(last_eval, state["step"], predictions_path=predictions_path)
                 new_best = metric is not None and (state["best_metric"] is None or metric > state["best_metric"])
                 if new_best:
                     state["best_metric"] = metric

@@ -174,18 +174,22 @@ def test_corrupt_sample_truncated_and_missing_shards_are_counted_and_eval_refuse
     rewrite_member(str(six_shards / "000000.tar"), str(train / "000000.tar"), jpg, b"not a jpeg")
     truncate(train / "000001.tar")
     (train / "000002.tar").unlink()  # after the manifest was written
+    # ... and a val set that lost samples: training's evaluation reports no metric, training goes on.
+    val = copy_shard_dir(demo_shards / "val", tmp_path / "val")
+    truncate(val / "000000.tar")
     out = tmp_path / "run"
-    result = run(train_command(demo_shards, out, "data.batch_size=8", f"data.train_shards={train}"))
+    result = run(train_command(demo_shards, out, "data.batch_size=8", f"data.train_shards={train}",
+                               f"data.val_shards={val}", "eval.every_epochs=1"))
     assert result.returncode == 0, result.stderr[-3000:]
-    last = read_metrics(out)[-1]
+    assert "eval skipped: evaluation saw" in result.stderr, result.stderr[-3000:]
+    assert not any(key.startswith("eval/") for record in read_metrics(out) for key in record)
+    last = [record for record in read_metrics(out) if "train/bad_samples" in record][-1]
     print(f"bad samples counted: {last['train/bad_samples']:.0f} at step {last['step']}")
     assert last["step"] == 13 and last["train/bad_samples"] >= 1 + 20  # the jpg + the missing shard at least
     for kind in ("corrupt_image", "truncated_shard", "unreadable_shard"):
         assert kind in result.stderr, result.stderr[-3000:]
 
-    # Evaluation on a val set that lost samples: no metrics unless explicitly allowed.
-    val = copy_shard_dir(demo_shards / "val", tmp_path / "val")
-    truncate(val / "000000.tar")
+    # Standalone evaluation on that val set: no metrics unless explicitly allowed.
     checkpoint = str(out / "checkpoints")
     refused = run([sys.executable, "-m", "trainer", "eval", "--checkpoint", checkpoint, "--shards", str(val)])
     assert refused.returncode != 0 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
