@@ -22,7 +22,7 @@ fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 echo "[setup] installing torch ($torch_spec), poseforge and test tools into $venv" >&2
 # shellcheck disable=SC2086
-"${pip[@]}" install $torch_spec 2>&1 | grep -v "is ignored: it is neither" >&2 || true
+"${pip[@]}" install $torch_spec numpy 2>&1 | grep -v "is ignored: it is neither" >&2 || true
 "$venv/bin/python" -c "import torch" || { echo "[setup] torch failed to install" >&2; exit 1; }
 "${pip[@]}" install -e "$repo[test]" 2>&1 | grep -v "is ignored: it is neither" >&2 || true
 "$venv/bin/python" -c "import trainer, shards, webdataset, mlflow, pycocotools, cv2" \

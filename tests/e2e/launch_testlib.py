@@ -16,7 +16,7 @@ DEMO_CONFIG = REPO / "configs" / "demo_cpu.yaml"
 TINY_OVERRIDES = ["model.stacks=1", "model.features=32", "model.input_size=[64,64]",
                   "data.batch_size=4", "data.workers=1", "schedule.epochs=1",
                   "schedule.warmup_steps=2", "eval.every_epochs=0", "tracking.enabled=false",
-                  "log_every_steps=1"]
+                  "log_every_steps=1", "precision.dtype=fp32"]  # exact comparisons need fp32; bf16 is opt-in
 
 
 def launch_env(**extra: str) -> dict[str, str]:

@@ -18,8 +18,10 @@ from launch_testlib import LAUNCH, demo_shards, launch_env, train_args  # noqa: 
 pytestmark = pytest.mark.slow
 
 AGENT_TIMEOUT_S = 150
-# channels_last stays on (the config default): the DeepSpeed backend must cope with it.
-DEEPSPEED_ZERO2 = ("checkpoint.every_steps=5", "dist.backend=deepspeed", "dist.zero_stage=2")
+# channels_last stays on (the config default) and bf16 is on: the DeepSpeed backend must cope with
+# both (channels_last weights break its byte-view broadcast; bf16 weights need bf16 BN statistics).
+DEEPSPEED_ZERO2 = ("checkpoint.every_steps=5", "dist.backend=deepspeed", "dist.zero_stage=2",
+                   "precision.dtype=bf16")
 
 
 def _free_port() -> int:

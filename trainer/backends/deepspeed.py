@@ -18,6 +18,8 @@ first opened with weights_only=True (check_tree_loads_safely) and refused if tha
 """
 from __future__ import annotations
 
+import os
+
 import contextlib
 import json
 import math
@@ -116,6 +118,8 @@ class DeepSpeedBackend:
         except ImportError:
             raise ConfigError("dist.backend=deepspeed but DeepSpeed is not installed "
                               "(pip install 'poseforge[deepspeed]')") from None
+        # DeepSpeed insists on LOCAL_RANK, which a plain one-process `python -m trainer` lacks.
+        os.environ.setdefault("LOCAL_RANK", str(self.world.local_rank))
         if not dist.is_initialized():
             # DeepSpeed needs a process group even for one process; an in-memory store needs no port.
             backend = "nccl" if self.device.type == "cuda" else "gloo"
@@ -130,6 +134,13 @@ class DeepSpeedBackend:
                 parameter.data = parameter.data.clone(memory_format=torch.contiguous_format)
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                     config=self.ds_config, dist_init_required=False)
+        if self.dtype is not None:
+            # The engine casts parameters to bf16/fp16 but not buffers; batch_norm wants its running
+            # statistics in the dtype of its weight (a CPU error otherwise, "expected BFloat16").
+            for module in self.engine.module.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
+                    module.running_mean.data = module.running_mean.data.to(self.dtype)
+                    module.running_var.data = module.running_var.data.to(self.dtype)
 
     @property
     def model(self) -> nn.Module:
