@@ -5,6 +5,7 @@ usage: python -m trainer.bench_report bench.json > docs/benchmarks.md
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any
 
@@ -139,7 +140,7 @@ def _gpu_section(parts: dict[str, Any]) -> list[str]:
     if per_core:
         worst = max(projected.values())
         lines.append(f"The data pipeline delivered {per_core:.0f} augmented samples/s per CPU core here, so "
-                     + ", ".join(f"{rate / per_core:.0f} cores at {rate:.0f} img/s" for rate in
+                     + ", ".join(f"{math.ceil(rate / per_core)} cores at {rate:.0f} img/s" for rate in
                                  sorted(set(round(r) for r in projected.values())))
                      + f" are needed per GPU. A typical 8-GPU node has 8-16 cores per GPU: the loader keeps "
                        f"up at {'all' if worst / per_core <= 16 else 'the lower'} of these rates.")
