@@ -181,6 +181,7 @@ def render_markdown(result: dict) -> str:
              "## Figures", ""]
     lines += _figure_rows(parts)
     lines += ["", "## Noise", ""] + _noise_lines(result) + [""]
+    lines += [f"- Note: {note}" for note in result.get("notes", [])] + ([""] if result.get("notes") else [])
     lines += _missed_notes(parts)
     if "train" in parts:
         lines += _profile_section(parts["train"])
