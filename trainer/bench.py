@@ -117,39 +117,55 @@ def _load() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else []
 
 
-def _synthetic_coco_shards(root: Path, images: int) -> tuple[str, str]:
-    """A synthetic COCO-format set and its train shards, as launch/demo.sh makes them."""
+# (name, network input side, stored crop max side): the two pairings the project uses
+DATA_PAIRINGS = (("recipe", 256, 384),  # configs/coco_hg8_256.yaml on shards at the default --max-side
+                 ("demo", 128, 192))  # configs/demo_cpu.yaml on launch/demo.sh's shards
+
+
+def _synthetic_coco_shards(root: Path, images: int, max_sides: list[int]) -> tuple[dict[int, str], str]:
+    """A synthetic COCO-format set (as launch/demo.sh makes it) and its train shards at each
+    crop size: ({max side: shard dir}, data root)."""
     import subprocess
     import sys
 
-    data, shards = root / "data", root / "shards" / "train"
-    commands = [
-        ["synth", "--format", "coco", "--out", str(data), "--images", str(images), "--val-images", "4",
-         "--seed", "0", "--difficulty", "medium", "--workers", "2"],
-        ["coco", "--annotations", str(data / "annotations" / "person_keypoints_train.json"),
-         "--images", str(data / "images" / "train"), "--out", str(shards), "--split", "train",
-         "--workers", "2", "--samples-per-shard", "64", "--max-side", "192", "--no-progress"],
-    ]
+    data = root / "data"
+    commands = [["synth", "--format", "coco", "--out", str(data), "--images", str(images), "--val-images", "4",
+                 "--seed", "0", "--difficulty", "medium", "--workers", "2"]]
+    shard_dirs = {side: str(root / f"shards-{side}" / "train") for side in max_sides}
+    for side, shards in shard_dirs.items():
+        commands.append(["coco", "--annotations", str(data / "annotations" / "person_keypoints_train.json"),
+                         "--images", str(data / "images" / "train"), "--out", shards, "--split", "train",
+                         "--workers", "2", "--samples-per-shard", "64", "--max-side", str(side), "--no-progress"])
     for command in commands:
         done = subprocess.run([sys.executable, "-m", "shards", *command], capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"shards {command[0]} failed: {done.stderr[-2000:]}")
-    return str(shards), str(data)
+    return shard_dirs, str(data)
 
 
 def _run_data(preset: Preset) -> dict:
+    """Both pairings of DATA_PAIRINGS on the same synthetic people."""
     try:
         from trainer.bench_data import run_data_benchmark
     except ImportError as err:
         return {"skipped": f"trainer/bench_data.py is not available ({err})"}
     import tempfile
 
+    from trainer.config import Config
+
+    results = {}
     with tempfile.TemporaryDirectory(prefix="poseforge-bench-data-") as scratch:
-        shard_dir, coco_root = _synthetic_coco_shards(Path(scratch), preset.data_images)
-        result = run_data_benchmark(shard_dir, coco_root, num_samples=preset.data_samples,
-                                    repeats=preset.data_repeats)
-    result["source"] = f"synthetic COCO-format set, {preset.data_images} images, crops max-side 192"
-    return result
+        shard_dirs, coco_root = _synthetic_coco_shards(Path(scratch), preset.data_images,
+                                                       sorted({side for _, _, side in DATA_PAIRINGS}))
+        for name, input_side, max_side in DATA_PAIRINGS:
+            config = Config()
+            config.model.input_size = [input_side, input_side]
+            result = run_data_benchmark(shard_dirs[max_side], coco_root, num_samples=preset.data_samples,
+                                        repeats=preset.data_repeats, config=config)
+            result["source"] = (f"{input_side} px input from {max_side} px stored crops; synthetic "
+                                f"COCO-format set, {preset.data_images} images")
+            results[name] = result
+    return results
 
 
 def run_part(part: str, preset: Preset) -> dict:

@@ -46,7 +46,7 @@ def synthetic_batch(shape: ModelShape, seed: int = 0) -> dict[str, Tensor]:
     generator = torch.Generator().manual_seed(seed)
     size = shape.input_size
     return {
-        "image": torch.randint(0, 256, (shape.batch, 3, size, size), dtype=torch.uint8, generator=generator),
+        "image": torch.randint(0, 256, (shape.batch, size, size, 3), dtype=torch.uint8, generator=generator),
         "keypoints": torch.rand(shape.batch, NUM_KEYPOINTS, 2, generator=generator) * (size - 1),
         "weights": (torch.rand(shape.batch, NUM_KEYPOINTS, generator=generator) > 0.2).float(),
     }

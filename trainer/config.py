@@ -42,6 +42,9 @@ class DataConfig:
     shuffle_buffer: int = 1000
     samples_per_epoch: Optional[int] = None  # set: resampled shards with a fixed epoch length
     targets_on_device: bool = True  # heatmaps made by the codec on the training device
+    # where training images are warped + colour-jittered: in the loader workers (OpenCV), or on
+    # the training device (grid_sample; workers only decode); auto = device when CUDA is used
+    warp_on: Literal["auto", "worker", "device"] = "auto"
     prefetch_factor: int = 4
     max_bad_samples_logged: int = 10  # per worker; the rest are only counted
 

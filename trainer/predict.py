@@ -61,16 +61,16 @@ class Predictor:
         self.batch_size = batch_size
 
     def _crop(self, image: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One person's network input (RGB CHW uint8) and its input -> image affine."""
+        """One person's network input (RGB HWC uint8) and its input -> image affine."""
         geometry = transforms.sample_geometry(None, box, np.zeros((0, 2)), np.zeros(0, bool),
                                               self.config.augment, self.input_size, None)
         matrix = transforms.crop_to_input_affine(geometry, self.input_size)
         warped = transforms.warp_image(image, matrix, self.input_size)
-        return warped.transpose(2, 0, 1)[::-1], transforms.invert_affine(matrix)
+        return warped[:, :, ::-1], transforms.invert_affine(matrix)
 
     @torch.no_grad()
     def _run(self, crops: np.ndarray, input_to_image: np.ndarray) -> np.ndarray:
-        """[N,3,H,W] uint8 RGB crops -> keypoints [N,K,3] (x, y, score) in image px."""
+        """[N,H,W,3] uint8 RGB crops -> keypoints [N,K,3] (x, y, score) in image px."""
         images = normalize_images(torch.from_numpy(np.ascontiguousarray(crops)), self.device,
                                   channels_last=self.config.model.channels_last)
         permutation = self.schema.flip_permutation() if self.flip_test else None

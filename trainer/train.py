@@ -16,7 +16,7 @@ from trainer.backends import Backend, make_backend
 from trainer.checkpoint import CheckpointManager, load_weights_only
 from trainer.codec import HeatmapCodec
 from trainer.config import Config, ConfigError, check_data_paths, save_config, to_dict
-from trainer.data import DataErrorTally, build_train_loader, normalize_images, train_batches_per_epoch
+from trainer.data import DataErrorTally, build_train_loader, network_inputs, train_batches_per_epoch
 from trainer.evaluate import IncompleteEvaluation, evaluate
 from trainer.loss import heatmap_loss
 from trainer.model import StackedHourglass
@@ -64,9 +64,10 @@ def make_codec(config: Config) -> HeatmapCodec:
 
 def micro_batch_loss(backend: Backend, codec: HeatmapCodec, batch: dict, device: torch.device,
                      channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """One micro-batch forward: heatmap targets on the device (unless the loader made them), the
-    model, and the loss on every stack. Returns (loss, per-stack losses)."""
-    images = normalize_images(batch["image"], device, torch.float32, channels_last)
+    """One micro-batch forward: the input (warped here when the loader left that to the device),
+    heatmap targets on the device (unless the loader made them), the model, and the loss on
+    every stack. Returns (loss, per-stack losses)."""
+    images = network_inputs(batch, device, codec.input_size, torch.float32, channels_last)
     if "heatmaps" in batch:  # made by the loader workers (data.targets_on_device=false)
         targets = batch["heatmaps"].to(device, non_blocking=True)
         target_weights = batch["target_weights"].to(device, non_blocking=True)

@@ -71,7 +71,7 @@ def batch_panels(batch: dict, schema: KeypointSchema, heatmaps: Optional[torch.T
     """One RGB picture per sample of a loader batch: image, heatmaps (if given), skeleton."""
     panels = []
     for i in range(batch["image"].shape[0]):
-        image = batch["image"][i].permute(1, 2, 0).numpy()
+        image = batch["image"][i].numpy()
         if heatmaps is not None:
             image = overlay_heatmaps(image, heatmaps[i].cpu().numpy())
         panels.append(draw_skeleton(image, batch["keypoints"][i].numpy(), batch["weights"][i].numpy(), schema))
@@ -88,6 +88,7 @@ def show_batch(config: Config, out_path: str, split: str = "train", n: int = 16)
     keypoints, skeleton and the codec's target heatmaps overlaid. Returns out_path."""
     from .codec import HeatmapCodec
     from .data import build_eval_loader, build_train_loader, resolve_shards
+    from .data.on_device import augmented_inputs
 
     config = copy.deepcopy(config)
     config.data.workers = 0  # one batch: worker start-up would cost more than it saves
@@ -101,6 +102,9 @@ def show_batch(config: Config, out_path: str, split: str = "train", n: int = 16)
     else:
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     width, height = config.model.input_size
+    if "warp" in batch:  # data.warp_on = device: show what the training device will see
+        warped = augmented_inputs(batch, "cpu", (width, height)).round().to(torch.uint8)
+        batch = dict(batch, image=warped.permute(0, 2, 3, 1))
     stride = config.model.heatmap_stride
     codec = HeatmapCodec((width, height), (width // stride, height // stride), config.codec.sigma, config.codec.unbiased)
     heatmaps, _ = codec.encode(batch["keypoints"], batch["weights"])

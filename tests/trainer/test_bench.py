@@ -45,3 +45,22 @@ def test_train_and_checkpointing_write_their_figures(tmp_path):
 def test_unknown_part_is_refused():
     with pytest.raises(SystemExit):
         _parse(["bench", "everything", "--json", "x.json"])
+
+
+def test_data_benchmark_measures_both_pairings_and_both_warp_modes(tmp_path):
+    out = tmp_path / "bench.json"
+    assert run_bench(_parse(["bench", "data", "--preset", "smoke", "--json", str(out)])) == 0
+    result = json.loads(out.read_text())
+    data = result["parts"]["data"]
+    assert set(data) == {"recipe", "demo"}
+    for pairing in data.values():
+        rates = pairing["samples_per_s_per_worker"]
+        assert set(rates) == {"pipeline", "pipeline_warp_on_device", "raw_loader", "decode_only",
+                              "device_stage_on_cpu"}
+        assert all(rate > 0 for rate in rates.values())
+        for mode in ("warp_in_worker", "warp_on_device"):
+            assert pairing[mode]["pipeline_vs_raw"] > 0 and set(pairing[mode]["targets_met"]) == {
+                "pipeline >= 3x raw", "pipeline >= 50% of decode"}
+    assert data["recipe"]["input_size"] == [256, 256] and "384 px stored crops" in data["recipe"]["source"]
+    markdown = render_markdown(result)
+    assert markdown.count("(a) vs (b) raw loader") == 4 and "warp on the device" in markdown

@@ -55,7 +55,7 @@ def test_ranks_get_equal_batches_and_share_the_epoch(coco, world):
     for rank in range(world):
         batches = epoch_batches(config, rank, world, epoch=2)
         assert [b["batch_index"] for b in batches] == list(range(per_rank))
-        assert all(b["image"].shape == (3, 3, 64, 64) and b["image"].dtype == torch.uint8 for b in batches)
+        assert all(b["image"].shape == (3, 64, 64, 3) and b["image"].dtype == torch.uint8 for b in batches)
         seen += [k for b in batches for k in b["key"]]
     assert len(seen) == len(set(seen)) == per_rank * world * 3  # no duplicates
     assert set(seen) <= set(all_keys(train))
@@ -172,7 +172,7 @@ def test_targets_in_workers_and_device_normalisation(coco):
     assert torch.equal(batch["target_weights"], batch["weights"])
     images = normalize_images(batch["image"], "cpu", torch.float32, channels_last=True)
     assert images.is_contiguous(memory_format=torch.channels_last)
-    expected = (batch["image"][0, 1].float() / 255 - 0.456) / 0.224
+    expected = (batch["image"][0, :, :, 1].float() / 255 - 0.456) / 0.224
     assert torch.allclose(images[0, 1], expected, atol=1e-5)
     assert merge_error_counts([{"corrupt_image": 1}, {"corrupt_image": 2}])["corrupt_image"] == 3
 

@@ -10,9 +10,10 @@ import pytest
 from shards.schema import COCO17, MPII16
 from trainer import transforms
 from trainer.config import AugmentConfig
+from trainer.data.on_device import augmented_inputs
 from trainer.data.plan import make_rng
 from trainer.data.reader import RawSample
-from trainer.data.samples import SampleMaker
+from trainer.data.samples import SampleMaker, collate
 
 CROP = 240
 INPUT = (192, 256)  # w, h: a non-square input checks the aspect handling too
@@ -41,19 +42,27 @@ def _raw_with_marker(keypoints: np.ndarray, joint: int) -> RawSample:
     return RawSample("coco-1-2", {"png": png.tobytes(), "json": json.dumps(meta).encode()}, "memory")
 
 
-def _marker_position(image_bgr: np.ndarray) -> np.ndarray:
+def _marker_position(image: np.ndarray) -> np.ndarray:
     """Centre of the warped blob: intensity centroid of its upper half (above the background)."""
-    green = image_bgr[:, :, 1].astype(np.float64)
+    green = image[:, :, 1].astype(np.float64)
     green -= np.median(green)  # colour jitter may lift the black background
     weight = np.where(green >= 0.5 * green.max(), green, 0.0)
     yy, xx = np.mgrid[0:green.shape[0], 0:green.shape[1]]
     return np.array([(weight * xx).sum() / weight.sum(), (weight * yy).sum() / weight.sum()])
 
 
-def test_keypoints_land_on_their_markers_including_flips():
+def _augmented_image(sample: dict) -> np.ndarray:
+    """The input image of one sample, warped on the "device" (CPU here) when the worker did not."""
+    if "warp" not in sample:
+        return sample["image"]
+    return augmented_inputs(collate([sample]), "cpu", INPUT)[0].permute(1, 2, 0).numpy()
+
+
+@pytest.mark.parametrize("warp_on_device", [False, True], ids=["worker-warp", "device-warp"])
+def test_keypoints_land_on_their_markers_including_flips(warp_on_device: bool):
     augment = AugmentConfig(rotation_prob=1.0, shift_prob=1.0, flip_prob=0.5, half_body_prob=0.0,
                             scale_range=[0.8, 1.3], colour_jitter=0.3)
-    maker = SampleMaker(INPUT, augment, COCO17.flip_permutation(), COCO17.keypoint_names)
+    maker = SampleMaker(INPUT, augment, COCO17.flip_permutation(), COCO17.keypoint_names, warp_on_device)
     keypoints = _person_keypoints()
     permutation = COCO17.flip_permutation()
     flips = 0
@@ -64,7 +73,7 @@ def test_keypoints_land_on_their_markers_including_flips():
             channel = permutation[joint] if sample["flipped"] else joint
             if sample["weights"][channel] == 0:
                 continue  # left the input: nothing to compare
-            found = _marker_position(sample["image_bgr"])
+            found = _marker_position(_augmented_image(sample))
             # the brief asks for 1 px; the single warp does much better, and 0.5 px catches a (W vs W - 1) flip
             assert np.abs(found - sample["keypoints"][channel]).max() <= 0.5, (position, joint, sample["flipped"])
         flips += sample["flipped"]
@@ -83,7 +92,7 @@ def test_flip_swaps_left_and_right_channels():
     # left shoulder (5) of the plain view, mirrored, is the right shoulder (6) of the flipped one
     assert sample["keypoints"][6][0] == pytest.approx(INPUT[0] - 1 - plain["keypoints"][5][0], abs=1e-4)
     assert sample["keypoints"][6][1] == pytest.approx(plain["keypoints"][5][1], abs=1e-4)
-    np.testing.assert_array_equal(sample["image_bgr"], plain["image_bgr"][:, ::-1])
+    np.testing.assert_array_equal(sample["image"], plain["image"][:, ::-1])
 
 
 def test_input_to_image_maps_back_to_the_original_image():
@@ -133,8 +142,21 @@ def test_half_body_box_covers_one_half():
     assert half.box_size[1] < full.box_size[1]
 
 
-def test_colour_jitter_is_seeded_and_keeps_dtype():
-    image = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
-    a = transforms.colour_jitter(image, make_rng(1), 0.3)
-    b = transforms.colour_jitter(image, make_rng(1), 0.3)
-    assert a.dtype == np.uint8 and np.array_equal(a, b) and not np.array_equal(a, image)
+def _reference_colour(image: np.ndarray, brightness: float, contrast: float, saturation: float) -> np.ndarray:
+    """The jitter as three separate float steps: brightness, contrast about the mean, saturation."""
+    x = image.astype(np.float64) * brightness
+    x = contrast * x + (1 - contrast) * x.mean()
+    grey = (x * transforms.GREY_WEIGHTS).sum(axis=2, keepdims=True)
+    return np.clip(saturation * x + (1 - saturation) * grey, 0, 255)
+
+
+def test_colour_transform_is_seeded_and_matches_the_three_steps():
+    image = np.random.default_rng(0).integers(0, 255, (32, 48, 3), dtype=np.uint8)
+    a, b = transforms.colour_transform(make_rng(1), 0.3), transforms.colour_transform(make_rng(1), 0.3)
+    assert np.array_equal(a, b) and a.shape == (3, 4) and a.dtype == np.float32
+    factors = make_rng(1).uniform(0.7, 1.3, size=3)  # the same draws colour_transform makes
+    out = transforms.apply_colour(image.copy(), a)
+    assert out.dtype == np.uint8 and not np.array_equal(out, image)
+    assert np.abs(out - _reference_colour(image, *factors)).max() <= 1.0  # uint8 rounding only
+    assert np.array_equal(transforms.apply_colour(image.copy(), transforms.colour_transform(make_rng(1), 0)), image)
+

@@ -1,4 +1,4 @@
-"""The loaders the trainer calls, device-side normalisation, and data-error bookkeeping."""
+"""The loaders the trainer calls and data-error bookkeeping."""
 from __future__ import annotations
 
 import signal
@@ -16,10 +16,6 @@ from .reader import ERROR_KINDS
 from .samples import SampleMaker
 from .sources import DataError, ShardSource, resolve_shards
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
 def streams_per_rank(config: Config) -> int:
     """V: one stream per loader worker (the main process counts as one when workers = 0)."""
     return max(1, config.data.workers)
@@ -35,9 +31,18 @@ def _schema(config: Config, source: ShardSource) -> KeypointSchema:
     return schema
 
 
+def warp_on_device(config: Config) -> bool:
+    """data.warp_on resolved: 'auto' warps on the device when training runs on a GPU."""
+    if config.data.warp_on == "auto":
+        return torch.cuda.is_available()
+    return config.data.warp_on == "device"
+
+
 def _maker(config: Config, schema: KeypointSchema, train: bool) -> SampleMaker:
+    """Evaluation batches are always warped in the workers (unaugmented, and few of them)."""
     return SampleMaker(config.model.input_size, config.augment if train else None,
-                       schema.flip_permutation(), schema.keypoint_names)
+                       schema.flip_permutation(), schema.keypoint_names,
+                       warp_on_device=train and warp_on_device(config))
 
 
 def _worker_targets(config: Config):
@@ -99,19 +104,6 @@ def build_eval_loader(config: Config, rank: int, world_size: int, shards: Option
                               max_bad_samples_logged=config.data.max_bad_samples_logged)
     dataset = PoseBatches(plans, settings, _maker(config, _schema(config, source), train=False), None)
     return _loader(dataset, config)
-
-
-def normalize_images(images: torch.Tensor, device: torch.device | str, dtype: torch.dtype = torch.float32,
-                     channels_last: bool = False) -> torch.Tensor:
-    """uint8 [N, 3, H, W] RGB -> ImageNet-normalised float on `device` (the copy moves 4x fewer
-    bytes than float input would; the arithmetic runs on the device, in float32, then casts)."""
-    images = images.to(device, non_blocking=True)
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255.0
-    result = ((images.float() - mean) / std).to(dtype)
-    if channels_last:
-        result = result.contiguous(memory_format=torch.channels_last)
-    return result
 
 
 def merge_error_counts(per_worker: Iterable[dict[str, int]]) -> dict[str, int]:

@@ -1,4 +1,10 @@
-"""Stages 7-9: decode a raw sample, augment it (one warp), and collate whole batches."""
+"""Stages 7-9: decode a raw sample, augment it (one warp), and collate whole batches.
+
+Images travel as uint8 [H, W, 3] RGB (channels last: what the JPEG decoder writes, so no
+transposing copy on the CPU; the device permutes for free). With `warp_on_device` the worker
+ships the decoded stored crop plus the input -> crop affine and the colour matrix instead of the
+warped input, and the training device does the warp (trainer/data/on_device.py): the worker's
+per-sample cost is then little more than reading and decoding the crop."""
 from __future__ import annotations
 
 import json
@@ -55,11 +61,24 @@ def parse_record(raw: RawSample, num_keypoints: int) -> Record:
     return record
 
 
+# OpenCV >= 4.10 decodes straight to RGB (libjpeg writes the channel order: no extra pass)
+_IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
+
+
+def decode_rgb(data: bytes) -> Optional[np.ndarray]:
+    """Encoded image bytes -> uint8 [H, W, 3] RGB, or None when they do not decode."""
+    buffer = np.frombuffer(data, np.uint8)
+    if _IMREAD_RGB is not None:
+        return cv2.imdecode(buffer, _IMREAD_RGB)
+    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
+
+
 def decode_image(raw: RawSample) -> np.ndarray:
     data = raw.members.get("jpg", raw.members.get("jpeg", raw.members.get("png")))
     if data is None:
         raise BadSample(MISSING_MEMBER, f"{raw.url}: sample {raw.key} has no image member")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    image = decode_rgb(data)
     if image is None:
         raise BadSample(CORRUPT_IMAGE, f"{raw.url}: sample {raw.key}: image does not decode")
     return image
@@ -69,8 +88,10 @@ class SampleMaker:
     """Turns raw samples into augmented (or plain, for eval) network inputs + metadata."""
 
     def __init__(self, input_size: Sequence[int], augment: Optional[AugmentConfig],
-                 flip_permutation: Sequence[int], keypoint_names: Sequence[str]) -> None:
+                 flip_permutation: Sequence[int], keypoint_names: Sequence[str],
+                 warp_on_device: bool = False) -> None:
         self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.warp_on_device = warp_on_device
         self.augment = augment or AugmentConfig()
         self.train = augment is not None
         self.flip_permutation = list(flip_permutation)
@@ -90,31 +111,43 @@ class SampleMaker:
         geometry = transforms.sample_geometry(rng if self.train else None, record.bbox, points, labelled,
                                               self.augment, self.input_size, self.groups)
         matrix = transforms.crop_to_input_affine(geometry, self.input_size)
-        warped = transforms.warp_image(image, matrix, self.input_size)
-        if self.train and rng is not None:
-            warped = transforms.colour_jitter(warped, rng, self.augment.colour_jitter)
+        colour = (transforms.colour_transform(rng, self.augment.colour_jitter) if self.train and rng is not None
+                  else transforms.NO_COLOUR_CHANGE)
         keypoints, weights = transforms.transform_keypoints(points, labelled, matrix, geometry.flip,
                                                             self.flip_permutation, self.input_size)
-        input_to_image = transforms.compose_affine(record.crop_to_image, transforms.invert_affine(matrix))
-        return {"image_bgr": warped, "keypoints": keypoints, "weights": weights,
-                "input_to_image": input_to_image, "image_id": record.image_id,
-                "annotation_id": record.annotation_id, "score": record.score,
-                "head_size": record.head_size, "area": record.area, "key": raw.key,
-                "flipped": geometry.flip}
+        input_to_crop = transforms.invert_affine(matrix)
+        sample = {"keypoints": keypoints, "weights": weights,
+                  "input_to_image": transforms.compose_affine(record.crop_to_image, input_to_crop),
+                  "image_id": record.image_id, "annotation_id": record.annotation_id, "score": record.score,
+                  "head_size": record.head_size, "area": record.area, "key": raw.key, "flipped": geometry.flip}
+        if self.warp_on_device:
+            sample.update(image=image, warp=input_to_crop, colour=colour)
+        else:
+            sample["image"] = transforms.apply_colour(transforms.warp_image(image, matrix, self.input_size), colour)
+        return sample
+
+
+def _stack_images(images: list[np.ndarray]) -> np.ndarray:
+    """[N, H, W, 3]; crops of different sizes (warp on device) are padded with black at the right
+    and bottom, which leaves their input -> crop affines valid."""
+    height = max(image.shape[0] for image in images)
+    width = max(image.shape[1] for image in images)
+    if all(image.shape[:2] == (height, width) for image in images):
+        return np.stack(images)
+    batch = np.zeros((len(images), height, width, 3), np.uint8)
+    for i, image in enumerate(images):
+        batch[i, :image.shape[0], :image.shape[1]] = image
+    return batch
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per-sample dicts -> one batch of tensors ('image' uint8 [N, 3, H, W] RGB)."""
-    first = samples[0]["image_bgr"]
-    images = np.empty((len(samples), 3, first.shape[0], first.shape[1]), np.uint8)
-    for i, sample in enumerate(samples):
-        images[i] = sample["image_bgr"].transpose(2, 0, 1)[::-1]  # BGR HWC -> RGB CHW, one copy
-
+    """Per-sample dicts -> one batch of tensors ('image' uint8 [N, H, W, 3] RGB; with 'warp' and
+    'colour' the stored crops, still to be augmented on the device)."""
     def stacked(name: str, dtype: Any) -> torch.Tensor:
         return torch.from_numpy(np.asarray([s[name] for s in samples], dtype=dtype))
 
-    return {
-        "image": torch.from_numpy(images),
+    batch = {
+        "image": torch.from_numpy(_stack_images([s["image"] for s in samples])),
         "keypoints": stacked("keypoints", np.float32),
         "weights": stacked("weights", np.float32),
         "input_to_image": stacked("input_to_image", np.float64),
@@ -126,3 +159,7 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "flipped": stacked("flipped", np.bool_),
         "key": [s["key"] for s in samples],
     }
+    if "warp" in samples[0]:
+        batch["warp"] = stacked("warp", np.float32)
+        batch["colour"] = stacked("colour", np.float32)
+    return batch
