@@ -32,9 +32,12 @@ for split in train val; do
     --workers 2 --samples-per-shard 128 --max-side 192 --no-progress
 done
 
-step "3/5 training: torchrun, $nproc CPU processes (configs/demo_cpu.yaml)"
+# bf16 where the CPU computes it natively (1.6x faster than fp32); elsewhere it would be emulated
+# and several times slower than fp32, so fp32 (later arguments still override)
+dtype=$($py -c "from trainer.backends.base import cpu_has_native_bf16 as f; print('fp32' if f() is False else 'bf16')")
+step "3/5 training: torchrun, $nproc CPU processes (configs/demo_cpu.yaml, $dtype)"
 .venv/bin/torchrun --standalone --nproc-per-node "$nproc" -m trainer train \
-  --config configs/demo_cpu.yaml "$@"
+  --config configs/demo_cpu.yaml "precision.dtype=$dtype" "$@"
 
 step "4/5 evaluation of the best checkpoint (ground-truth boxes, flip test)"
 best="demo/run/checkpoints/$($py -c "import json;print(json.load(open('demo/run/checkpoints/best.json'))['name'])")"

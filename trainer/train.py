@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import torch
 from shards.schema import load_schema
 from trainer import dist
 from trainer.backends import Backend, make_backend
+from trainer.backends.base import slow_precision_warning
 from trainer.checkpoint import CheckpointManager, load_weights_only
 from trainer.codec import HeatmapCodec
 from trainer.config import Config, ConfigError, check_data_paths, save_config, to_dict
@@ -124,6 +126,8 @@ def _train(config: Config, world: dist.WorldInfo, device: torch.device,
         # Before wrapping: ZeRO-3 partitions the parameters of the wrapped model.
         model.load_state_dict(load_weights_only(init_from))
     backend = make_backend(config, world, device)
+    if world.is_main and (warning := slow_precision_warning(config.precision.dtype, device)):
+        print(warning, file=sys.stderr, flush=True)
     backend.wrap(model, optimizer, scheduler)
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_metric": None, "tracking_run_id": None,
              "skipped_steps": 0}

@@ -106,7 +106,8 @@ def show_batch(config: Config, out_path: str, split: str = "train", n: int = 16)
         warped = augmented_inputs(batch, "cpu", (width, height)).round().to(torch.uint8)
         batch = dict(batch, image=warped.permute(0, 2, 3, 1))
     stride = config.model.heatmap_stride
-    codec = HeatmapCodec((width, height), (width // stride, height // stride), config.codec.sigma, config.codec.unbiased)
+    codec = HeatmapCodec((width, height), (width // stride, height // stride), config.codec.sigma,
+                         config.codec.unbiased)
     heatmaps, _ = codec.encode(batch["keypoints"], batch["weights"])
     write_png(out_path, image_grid(batch_panels(batch, load_schema(config.data.schema), heatmaps)))
     return out_path

@@ -343,12 +343,16 @@ def test_gradient_checkpointing_gives_the_plain_loss_sequence(plain_run: Run, sh
     assert max(abs(ours[s] - reference[s]) for s in ours) <= 1e-5
 
 
-def test_bf16_with_gradient_checkpointing_runs_and_evaluates(plain_run: Run, shards: Path, tmp_path):
-    run = torchrun(shards, tmp_path / "out", *SHORT, "precision.dtype=bf16", "model.gradient_checkpointing=true")
+def test_bf16_with_gradient_checkpointing_and_device_warp_runs_and_evaluates(plain_run: Run, shards: Path,
+                                                                             tmp_path):
+    # data.warp_on=device: the loop warps and jitters the stored crops itself (what CUDA runs do)
+    run = torchrun(shards, tmp_path / "out", *SHORT, "precision.dtype=bf16", "model.gradient_checkpointing=true",
+                   "data.warp_on=device")
     run.assert_finished(4)
     losses = run.losses()
     assert sorted(losses) == [1, 2, 3, 4] and all(np.isfinite(list(losses.values())))
-    # Step 1 sees the reference's weights and batch: close to its fp32 loss, but computed in bf16.
+    # Step 1 sees the reference's weights and the same samples and geometry: close to its fp32
+    # loss, but computed in bf16 on inputs warped by grid_sample instead of OpenCV.
     assert 0 < abs(losses[1] - plain_run.losses()[1]) < 0.05 * plain_run.losses()[1]
     assert set(COCO_NAMES) <= run.eval_metrics().keys()
     weights = load_weights(run.checkpoint(4))

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from backend_worker import TinyNet, batch, build, launch, make_config
+from trainer.backends.base import cpu_has_native_bf16, slow_precision_warning
 from trainer.backends.ddp import DDPBackend
 from trainer.backends.deepspeed import build_deepspeed_config
 from trainer.config import ConfigError
@@ -118,3 +119,21 @@ def test_deepspeed_config_file_errors_name_the_file(tmp_path):
     config.dist.deepspeed_config = str(bad)
     with pytest.raises(ConfigError, match="bad.json: invalid JSON"):
         build_deepspeed_config(config, 1)
+
+
+def test_bf16_on_a_cpu_without_native_bf16_is_warned_about(tmp_path):
+    avx2 = tmp_path / "avx2"
+    avx2.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f\n")
+    zen4 = tmp_path / "zen4"
+    zen4.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n")
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n")
+    assert cpu_has_native_bf16(str(avx2)) is False
+    assert cpu_has_native_bf16(str(zen4)) is True and cpu_has_native_bf16(str(arm)) is True
+    assert cpu_has_native_bf16(str(tmp_path / "missing")) is None
+    cpu = torch.device("cpu")
+    assert "precision.dtype=fp32" in slow_precision_warning("bf16", cpu, str(avx2))
+    assert slow_precision_warning("bf16", cpu, str(zen4)) is None
+    assert slow_precision_warning("fp32", cpu, str(avx2)) is None
+    assert slow_precision_warning("bf16", cpu, str(tmp_path / "missing")) is None  # unknown: no noise
+    assert slow_precision_warning("bf16", torch.device("meta"), str(avx2)) is None  # not a CPU run
