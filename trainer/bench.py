@@ -117,9 +117,10 @@ def _load() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else []
 
 
-# (name, network input side, stored crop max side): the two pairings the project uses
-DATA_PAIRINGS = (("recipe", 256, 384),  # configs/coco_hg8_256.yaml on shards at the default --max-side
-                 ("demo", 128, 192))  # configs/demo_cpu.yaml on launch/demo.sh's shards
+# (name, config file, stored crop max side): the two pairings the project uses
+DATA_PAIRINGS = (("recipe", "coco_hg8_256.yaml", 384),  # the COCO recipe on shards at the default --max-side
+                 ("demo", "demo_cpu.yaml", 192))  # the demo config on launch/demo.sh's shards
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 def _synthetic_coco_shards(root: Path, images: int, max_sides: list[int]) -> tuple[dict[int, str], str]:
@@ -151,19 +152,18 @@ def _run_data(preset: Preset) -> dict:
         return {"skipped": f"trainer/bench_data.py is not available ({err})"}
     import tempfile
 
-    from trainer.config import Config
+    from trainer.config import load_config
 
     results = {}
     with tempfile.TemporaryDirectory(prefix="poseforge-bench-data-") as scratch:
         shard_dirs, coco_root = _synthetic_coco_shards(Path(scratch), preset.data_images,
                                                        sorted({side for _, _, side in DATA_PAIRINGS}))
-        for name, input_side, max_side in DATA_PAIRINGS:
-            config = Config()
-            config.model.input_size = [input_side, input_side]
+        for name, config_file, max_side in DATA_PAIRINGS:
+            config = load_config(CONFIG_DIR / config_file)  # its input size, augmentation, batch size
             result = run_data_benchmark(shard_dirs[max_side], coco_root, num_samples=preset.data_samples,
                                         repeats=preset.data_repeats, config=config)
-            result["source"] = (f"{input_side} px input from {max_side} px stored crops; synthetic "
-                                f"COCO-format set, {preset.data_images} images")
+            result["source"] = (f"{config.model.input_size[0]} px input from {max_side} px stored crops; "
+                                f"configs/{config_file}, synthetic COCO-format set, {preset.data_images} images")
             results[name] = result
     return results
 

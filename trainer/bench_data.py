@@ -71,11 +71,15 @@ class RawCocoLoader:
         with open(annotations, encoding="utf-8") as f:
             data = json.load(f)
         self.files = {im["id"]: os.path.join(images_dir, im["file_name"]) for im in data["images"]}
+        self.pixels = {im["id"]: int(im["width"]) * int(im["height"]) for im in data["images"]}
         self.annotations = {a["id"]: a for a in data["annotations"]}
         schema = load_schema(config.data.schema)
         self.flip_permutation = schema.flip_permutation()
         self.groups = transforms.half_body_groups(schema.keypoint_names)
         self.config = config
+
+    def photo_pixels(self, image_id: int) -> int:
+        return self.pixels[image_id]
 
     def sample(self, image_id: int, annotation_id: int, position: int) -> dict[str, Any]:
         with open(self.files[image_id], "rb") as f:
@@ -171,9 +175,13 @@ def run_data_benchmark(shard_dir: str, coco_root: Optional[str], num_samples: in
         cv2.setNumThreads(threads[0])
         torch.set_num_threads(threads[1])
     medians = {name: statistics.median(values) for name, values in runs.items()}
+    crop_pixels = [int(np.prod(decode_image(sample).shape[:2])) for sample in read_segments(segments, ErrorCounter())]
     result: dict[str, Any] = {
         "samples": num_samples, "repeats": repeats, "input_size": list(config.model.input_size),
-        "samples_per_s_per_worker": medians, "runs": runs,
+        "batch_size": batch, "samples_per_s_per_worker": medians, "runs": runs,
+        # what decoding costs scale with: the stored crop vs the photo (b) decodes per person
+        "mean_crop_pixels": statistics.mean(crop_pixels),
+        "mean_photo_pixels": statistics.mean(raw_loader.photo_pixels(image_id) for image_id, _ in people),
     }
     for mode, name in (("warp_in_worker", "pipeline"), ("warp_on_device", "pipeline_warp_on_device")):
         vs_raw, vs_decode = medians[name] / medians["raw_loader"], medians[name] / medians["decode_only"]
@@ -200,4 +208,5 @@ def _time_loader(config: Config, workers: int, num_samples: int, batch: int) -> 
         if count >= num_samples:
             break
     rate = count / max(time.perf_counter() - start, 1e-9)
-    return {"workers": workers, "samples_per_s": rate, "samples_per_s_per_worker": rate / workers}
+    return {"workers": workers, "warp_on": config.data.warp_on, "samples_per_s": rate,
+            "samples_per_s_per_worker": rate / workers}

@@ -24,8 +24,11 @@ def make_coco_shards(root: str, images: int = 14, per_shard: int = 5, seed: int 
     return out["train"], out["val"]
 
 
-def small_config(train: str, val: str = "", batch_size: int = 4, workers: int = 2, **data) -> Config:
+def small_config(train: str, val: str = "", batch_size: int = 4, workers: int = 2, warp_on: str = "worker",
+                 **data) -> Config:
+    """Warp in the workers unless a test asks otherwise (auto would switch on CUDA machines)."""
     config = Config()
+    config.data.warp_on = warp_on
     config.model.input_size = [64, 64]  # small inputs keep the tests fast
     config.data.train_shards, config.data.val_shards = train, val
     config.data.batch_size, config.data.workers = batch_size, workers

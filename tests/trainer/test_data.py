@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -15,6 +17,7 @@ from shards.manifest import shard_paths
 from trainer.data import (DataError, DataErrorTally, build_eval_loader, build_train_loader,
                           eval_num_samples, merge_error_counts, normalize_images, resolve_shards,
                           train_batches_per_epoch)
+from trainer.data import samples
 from trainer.data.loader import _maker, _schema
 from trainer.data.pipeline import PoseBatches, StreamSettings
 from trainer.data.plan import train_stream_plans
@@ -40,8 +43,10 @@ def assert_same_batches(a: list[dict], b: list[dict]) -> None:
     assert len(a) == len(b)
     for x, y in zip(a, b):
         assert x["key"] == y["key"] and x["batch_index"] == y["batch_index"]
-        for name in ("image", "keypoints", "weights", "input_to_image", "flipped"):
-            assert torch.equal(x[name], y[name]), name
+        assert ("warp" in x) == ("warp" in y)
+        for name in ("image", "keypoints", "weights", "input_to_image", "flipped", "warp", "colour"):
+            if name in x:
+                assert torch.equal(x[name], y[name]), name
 
 
 @pytest.mark.parametrize("world", [1, 2, 3])
@@ -92,9 +97,10 @@ def test_same_seed_same_batches_whatever_the_workers(coco):
     assert [b["key"] for b in epoch_batches(config, epoch=1)] != [b["key"] for b in first]
 
 
-def test_resume_mid_epoch_gives_the_same_following_batches(coco):
+@pytest.mark.parametrize("warp_on", ["worker", "device"])
+def test_resume_mid_epoch_gives_the_same_following_batches(coco, warp_on):
     train, _ = coco
-    config = small_config(train, batch_size=2, workers=2)
+    config = small_config(train, batch_size=2, workers=2, warp_on=warp_on)
     full = epoch_batches(config, epoch=3)
     for start in (3, 4):
         assert_same_batches(full[start:], epoch_batches(config, epoch=3, start=start))
@@ -195,3 +201,15 @@ def test_two_torchrun_processes_get_equal_disjoint_batches(coco, tmp_path):
     assert [r["batches"] for r in ranks] == [expected, expected]
     assert not set(ranks[0]["keys"]) & set(ranks[1]["keys"])
     assert len(ranks[0]["keys"]) == len(ranks[1]["keys"]) == expected * 3
+
+
+def test_decoding_gives_rgb_with_and_without_opencvs_rgb_flag(monkeypatch):
+    bgr = np.zeros((8, 8, 3), np.uint8)
+    bgr[:, :, 2] = 200  # red, in OpenCV's BGR order
+    ok, png = cv2.imencode(".png", bgr)
+    assert ok
+    rgb = samples.decode_rgb(png.tobytes())
+    assert rgb[0, 0].tolist() == [200, 0, 0]
+    monkeypatch.setattr(samples, "_IMREAD_RGB", None)  # OpenCV < 4.10: decode BGR, convert
+    assert np.array_equal(samples.decode_rgb(png.tobytes()), rgb)
+    assert samples.decode_rgb(b"not an image") is None
