@@ -31,7 +31,7 @@ from .config import Config
 from .data import build_train_loader, resolve_shards
 from .data.on_device import network_inputs
 from .data.pipeline import StreamSettings, TrainStream
-from .data.plan import AUGMENT, StreamPlan, segments_in_range, make_rng
+from .data.plan import AUGMENT, SampleRandom, StreamPlan, segments_in_range
 from .data.reader import ErrorCounter, read_segments
 from .data.samples import SampleMaker, collate, decode_image, decode_rgb, parse_record
 from .data.sources import DataError
@@ -83,12 +83,12 @@ class RawCocoLoader:
 
     def sample(self, image_id: int, annotation_id: int, position: int) -> dict[str, Any]:
         with open(self.files[image_id], "rb") as f:
-            image = decode_rgb(f.read())
+            image = decode_rgb(f.read(), self.config.data.fast_idct)  # the pipeline's own decoder
         annotation = self.annotations[annotation_id]
         keypoints = np.asarray(annotation["keypoints"], np.float64).reshape(-1, 3)
         labelled = keypoints[:, 2] > 0
         size = self.config.model.input_size
-        rng = make_rng(self.config.seed, 0, AUGMENT, position)
+        rng = SampleRandom(self.config.seed, 0, AUGMENT, position)
         geometry = transforms.sample_geometry(rng, annotation["bbox"], keypoints[:, :2], labelled,
                                               self.config.augment, size, self.groups)
         matrix = transforms.crop_to_input_affine(geometry, size)
@@ -129,7 +129,7 @@ def run_data_benchmark(shard_dir: str, coco_root: Optional[str], num_samples: in
 
     def maker(warp_on_device: bool) -> SampleMaker:
         return SampleMaker(config.model.input_size, config.augment, schema.flip_permutation(),
-                           schema.keypoint_names, warp_on_device)
+                           schema.keypoint_names, warp_on_device, config.data.fast_idct)
 
     def stream(warp_on_device: bool) -> TrainStream:
         settings = StreamSettings(config.seed, 0, 0, batch, config.data.shuffle_buffer, train=True)
@@ -149,7 +149,7 @@ def run_data_benchmark(shard_dir: str, coco_root: Optional[str], num_samples: in
         count = 0
         for sample in read_segments(segments, ErrorCounter()):
             parse_record(sample, schema.num_keypoints)
-            decode_image(sample)
+            decode_image(sample, config.data.fast_idct)
             count += 1
         return count
 

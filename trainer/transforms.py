@@ -9,14 +9,16 @@ interpolated once and a keypoint at crop pixel p lands exactly on input pixel M 
 Flip mirrors the input about its vertical centre line (x -> W - 1 - x) and swaps the left/right
 joints with the schema's flip permutation, so channel k still means the same body part.
 
-Randomness comes from a `numpy.random.Generator` the caller seeds per sample (seed, epoch,
-sample position), never from process state, so results do not depend on worker scheduling.
+Randomness comes from a source the caller seeds per sample (seed, epoch, sample position;
+`data.plan.SampleRandom`, or a numpy Generator), never from process state, so results do not
+depend on worker scheduling. These functions run once per training sample: the scalar geometry
+is plain float arithmetic (small numpy arrays cost a microsecond per operation).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Protocol, Sequence
 
 import cv2
 import numpy as np
@@ -34,6 +36,16 @@ HALF_BODY_MIN_LOWER = 3
 _UPPER_WORDS = ("nose", "eye", "ear", "mouth", "head", "neck", "thorax", "shoulder", "elbow", "wrist",
                 "hand", "face")
 _LOWER_WORDS = ("hip", "pelvis", "knee", "ankle", "foot", "heel", "toe")
+
+
+class RandomSource(Protocol):
+    """What the augmentation draws from (numpy's Generator has these methods too)."""
+
+    def random(self) -> float: ...
+
+    def uniform(self, low: float, high: float) -> float: ...
+
+    def standard_normal(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -61,19 +73,25 @@ def half_body_groups(keypoint_names: Sequence[str]) -> Optional[tuple[list[int],
     return (upper, lower) if upper and lower else None
 
 
-def box_center_size(bbox: Sequence[float], padding: float, aspect: float) -> tuple[np.ndarray, np.ndarray]:
-    """Box [x, y, w, h] -> centre and (w, h) padded and widened to the aspect ratio w/h = aspect."""
-    x, y, w, h = (float(v) for v in bbox)
-    center = np.array([x + w / 2.0, y + h / 2.0])
+def _padded_box(x: float, y: float, w: float, h: float, padding: float, aspect: float
+                ) -> tuple[float, float, float, float]:
+    """(cx, cy, w, h): the box widened to the aspect ratio w/h = aspect, then padded."""
+    cx, cy = x + w / 2.0, y + h / 2.0
     w, h = max(w, 1.0), max(h, 1.0)
     if w > h * aspect:
         h = w / aspect
     else:
         w = h * aspect
-    return center, np.array([w, h]) * padding
+    return cx, cy, w * padding, h * padding
 
 
-def _truncated_normal(rng: np.random.Generator) -> float:
+def box_center_size(bbox: Sequence[float], padding: float, aspect: float) -> tuple[np.ndarray, np.ndarray]:
+    """Box [x, y, w, h] -> centre and (w, h) padded and widened to the aspect ratio w/h = aspect."""
+    cx, cy, w, h = _padded_box(*(float(v) for v in bbox), padding, aspect)
+    return np.array([cx, cy]), np.array([w, h])
+
+
+def _truncated_normal(rng: RandomSource) -> float:
     """A standard normal cut to [-1, 1] (rejection: a few draws at most, all from `rng`)."""
     while True:
         value = rng.standard_normal()
@@ -81,9 +99,9 @@ def _truncated_normal(rng: np.random.Generator) -> float:
             return float(value)
 
 
-def _half_body_box(rng: np.random.Generator, keypoints: np.ndarray, labelled: np.ndarray,
+def _half_body_box(rng: RandomSource, keypoints: np.ndarray, labelled: np.ndarray,
                    groups: tuple[list[int], list[int]], aspect: float
-                   ) -> Optional[tuple[np.ndarray, np.ndarray]]:
+                   ) -> Optional[tuple[float, float, float, float]]:
     upper = [i for i in groups[0] if labelled[i]]
     lower = [i for i in groups[1] if labelled[i]]
     prefer_upper = rng.random() < HALF_BODY_UPPER_PROB
@@ -96,35 +114,35 @@ def _half_body_box(rng: np.random.Generator, keypoints: np.ndarray, labelled: np
     else:
         return None
     points = keypoints[chosen]
-    low, high = points.min(axis=0), points.max(axis=0)
-    center = (low + high) / 2.0
-    w, h = high - low
-    return box_center_size([center[0] - w / 2, center[1] - h / 2, w, h], HALF_BODY_PADDING, aspect)
+    (x0, y0), (x1, y1) = points.min(axis=0).tolist(), points.max(axis=0).tolist()
+    return _padded_box(x0, y0, x1 - x0, y1 - y0, HALF_BODY_PADDING, aspect)
 
 
-def sample_geometry(rng: Optional[np.random.Generator], bbox: Sequence[float], keypoints: np.ndarray,
+def sample_geometry(rng: Optional[RandomSource], bbox: Sequence[float], keypoints: np.ndarray,
                     labelled: np.ndarray, augment: AugmentConfig, input_size: Sequence[int],
                     groups: Optional[tuple[list[int], list[int]]]) -> Geometry:
     """Random box geometry for one person; rng=None gives the plain evaluation geometry."""
     aspect = input_size[0] / input_size[1]
-    center, size = box_center_size(bbox, augment.box_padding, aspect)
+    cx, cy, w, h = _padded_box(*(float(v) for v in bbox), augment.box_padding, aspect)
     if rng is None:
-        return Geometry((float(center[0]), float(center[1])), (float(size[0]), float(size[1])), 0.0, False)
-    if (groups is not None and labelled.sum() >= augment.half_body_min_keypoints
+        return Geometry((cx, cy), (w, h), 0.0, False)
+    if (groups is not None and int(labelled.sum()) >= augment.half_body_min_keypoints
             and rng.random() < augment.half_body_prob):
         half = _half_body_box(rng, keypoints, labelled, groups, aspect)
         if half is not None:
-            center, size = half
+            cx, cy, w, h = half
     if rng.random() < augment.scale_prob:
         low, high = augment.scale_range
-        size = size * rng.uniform(low, high)
+        factor = float(rng.uniform(low, high))
+        w, h = w * factor, h * factor
     rotation = 0.0
     if rng.random() < augment.rotation_prob:
         rotation = _truncated_normal(rng) * augment.rotation_max
     if rng.random() < augment.shift_prob:
-        center = center + np.array([_truncated_normal(rng), _truncated_normal(rng)]) * augment.shift_max * size
+        dx, dy = _truncated_normal(rng), _truncated_normal(rng)
+        cx, cy = cx + dx * augment.shift_max * w, cy + dy * augment.shift_max * h
     flip = bool(rng.random() < augment.flip_prob)
-    return Geometry((float(center[0]), float(center[1])), (float(size[0]), float(size[1])), float(rotation), flip)
+    return Geometry((cx, cy), (w, h), float(rotation), flip)
 
 
 def crop_to_input_affine(geometry: Geometry, input_size: Sequence[int]) -> np.ndarray:
@@ -136,15 +154,12 @@ def crop_to_input_affine(geometry: Geometry, input_size: Sequence[int]) -> np.nd
     cos, sin = math.cos(angle) * scale, math.sin(angle) * scale
     # rotate by -angle in image coordinates (y down) so that positive angles turn the person
     # counter-clockwise on screen, as cv2.getRotationMatrix2D does
-    linear = np.array([[cos, sin], [-sin, cos]])
-    target = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
-    matrix = np.empty((2, 3))
-    matrix[:, :2] = linear
-    matrix[:, 2] = target - linear @ np.asarray(geometry.center)
+    cx, cy = geometry.center
+    tx = (width - 1) / 2.0 - (cos * cx + sin * cy)
+    ty = (height - 1) / 2.0 - (-sin * cx + cos * cy)
     if geometry.flip:
-        matrix[0] = -matrix[0]
-        matrix[0, 2] += width - 1
-    return matrix
+        return np.array([[-cos, -sin, width - 1 - tx], [-sin, cos, ty]])
+    return np.array([[cos, sin, tx], [-sin, cos, ty]])
 
 
 def invert_affine(matrix: np.ndarray) -> np.ndarray:
@@ -201,11 +216,11 @@ def transform_keypoints(keypoints: np.ndarray, labelled: np.ndarray, matrix: np.
 
 # ITU-R 601 luma weights of R, G, B (images are RGB from the decoder on)
 GREY_WEIGHTS = np.array([0.299, 0.587, 0.114])
-_GREY_ROWS = np.outer(np.ones(3), GREY_WEIGHTS)  # grey(x) in every channel = _GREY_ROWS @ x
+_GREY_WEIGHT_LIST = GREY_WEIGHTS.tolist()
 NO_COLOUR_CHANGE = np.hstack([np.eye(3), np.zeros((3, 1))]).astype(np.float32)
 
 
-def colour_transform(rng: np.random.Generator, amplitude: float) -> np.ndarray:
+def colour_transform(rng: RandomSource, amplitude: float) -> np.ndarray:
     """Random brightness b, contrast c and saturation s in [1 - a, 1 + a], as one 3x4 matrix T:
     out = T[:, :3] @ rgb + T[:, 3] * mean(image). That is brightness x b, then contrast about the
     (brightened) image mean, then a blend with the grey image by s, folded into a single linear
@@ -213,14 +228,14 @@ def colour_transform(rng: np.random.Generator, amplitude: float) -> np.ndarray:
     training device, where the mean of the warped image is at hand)."""
     if amplitude <= 0:
         return NO_COLOUR_CHANGE.copy()
-    brightness, contrast, saturation = rng.uniform(1 - amplitude, 1 + amplitude, size=3)
+    brightness, contrast, saturation = (float(rng.uniform(1 - amplitude, 1 + amplitude)) for _ in range(3))
     # x1 = b c x + (1 - c) b mean;  out = s x1 + (1 - s) grey(x1), and grey(mean) = mean
     scale = brightness * contrast
-    transform = np.empty((3, 4), np.float32)
-    transform[:, :3] = (scale * (1 - saturation)) * _GREY_ROWS
-    transform[[0, 1, 2], [0, 1, 2]] += scale * saturation
-    transform[:, 3] = (1 - contrast) * brightness
-    return transform
+    grey = [scale * (1 - saturation) * weight for weight in _GREY_WEIGHT_LIST]
+    own, offset = scale * saturation, (1 - contrast) * brightness
+    return np.array([[grey[0] + own, grey[1], grey[2], offset],
+                     [grey[0], grey[1] + own, grey[2], offset],
+                     [grey[0], grey[1], grey[2] + own, offset]], np.float32)
 
 
 def apply_colour(image: np.ndarray, transform: np.ndarray) -> np.ndarray:

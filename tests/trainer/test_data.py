@@ -213,3 +213,20 @@ def test_decoding_gives_rgb_with_and_without_opencvs_rgb_flag(monkeypatch):
     monkeypatch.setattr(samples, "_IMREAD_RGB", None)  # OpenCV < 4.10: decode BGR, convert
     assert np.array_equal(samples.decode_rgb(png.tobytes()), rgb)
     assert samples.decode_rgb(b"not an image") is None
+
+
+def test_jpeg_decoding_matches_opencv_and_fast_idct_stays_close():
+    rng = np.random.default_rng(0)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8), (7, 7), 0)
+    ok, jpg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    assert ok
+    reference = cv2.cvtColor(cv2.imdecode(jpg, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    exact = samples.decode_rgb(jpg.tobytes())
+    assert np.array_equal(exact, reference)  # libjpeg-turbo directly: the very same pixels
+    fast = samples.decode_rgb(jpg.tobytes(), fast_idct=True).astype(np.int16)
+    assert fast.shape == reference.shape and np.abs(fast - reference).max() <= 12
+    psnr = 10 * np.log10(255.0 ** 2 / np.mean((fast - reference) ** 2.0))
+    assert 40.0 < psnr < 99.0  # close to exact, yet really the other IDCT
+    # a cut JPEG is a bad sample (both decoders refuse it), as are bytes that are no image at all
+    assert samples.decode_rgb(jpg.tobytes()[: len(jpg) * 2 // 3]) is None
+    assert samples.decode_rgb(b"\xff\xd8\xff not a jpeg") is None

@@ -42,7 +42,7 @@ def _maker(config: Config, schema: KeypointSchema, train: bool) -> SampleMaker:
     """Evaluation batches are always warped in the workers (unaugmented, and few of them)."""
     return SampleMaker(config.model.input_size, config.augment if train else None,
                        schema.flip_permutation(), schema.keypoint_names,
-                       warp_on_device=train and warp_on_device(config))
+                       warp_on_device=train and warp_on_device(config), fast_idct=config.data.fast_idct)
 
 
 def _worker_targets(config: Config):

