@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import signal
-from typing import Any, Iterable, Optional
+from functools import partial
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 from torch.utils.data import DataLoader
@@ -15,6 +16,7 @@ from .plan import batches_per_rank, eval_stream_plans, train_stream_plans
 from .reader import ERROR_KINDS
 from .samples import SampleMaker
 from .sources import DataError, ShardSource, resolve_shards
+from .transport import ImageSlots, PoseLoader, as_is
 
 def streams_per_rank(config: Config) -> int:
     """V: one stream per loader worker (the main process counts as one when workers = 0)."""
@@ -65,11 +67,33 @@ def _ignore_stop_signals(_worker_id: int) -> None:
         signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
-def _loader(dataset: PoseBatches, config: Config) -> DataLoader:
+def _image_slots(config: Config, source: ShardSource, batch_size: int,
+                 on_device: bool) -> Optional[Callable[[], ImageSlots]]:
+    """Reused shared memory for the workers' image batches (a maker: new slots per pass): the
+    network input size, or with the warp on the device the largest stored crop (from the
+    manifest; unknown: no slots)."""
     workers = config.data.workers
-    return DataLoader(dataset, batch_size=None, num_workers=workers, worker_init_fn=_ignore_stop_signals,
-                      prefetch_factor=config.data.prefetch_factor if workers else None,
-                      pin_memory=torch.cuda.is_available(), persistent_workers=False)
+    if workers == 0:
+        return None
+    if on_device:
+        side = ((source.manifest or {}).get("crop") or {}).get("max_side")
+        if not side:
+            return None
+        height = width = int(side)
+    else:
+        width, height = config.model.input_size
+    # the loader keeps prefetch_factor batches of each worker in flight, one more is in use
+    return partial(ImageSlots, workers, config.data.prefetch_factor + 1, (batch_size, height, width, 3))
+
+
+def _loader(dataset: PoseBatches, config: Config, make_slots: Optional[Callable[[], ImageSlots]]) -> PoseLoader:
+    workers = config.data.workers
+    pin_memory = torch.cuda.is_available()
+    loader = DataLoader(dataset, batch_size=None, collate_fn=as_is, num_workers=workers,
+                        worker_init_fn=_ignore_stop_signals,
+                        prefetch_factor=config.data.prefetch_factor if workers else None,
+                        pin_memory=pin_memory, persistent_workers=False)
+    return PoseLoader(loader, make_slots, pin_memory)
 
 
 def train_batches_per_epoch(config: Config, world_size: int) -> int:
@@ -80,7 +104,7 @@ def train_batches_per_epoch(config: Config, world_size: int) -> int:
 
 
 def build_train_loader(config: Config, rank: int, world_size: int, epoch: int,
-                       start_batch: int = 0) -> DataLoader:
+                       start_batch: int = 0) -> PoseLoader:
     """This rank's training batches of `epoch`, from batch `start_batch` on (exact resume)."""
     source = resolve_shards(config.data.train_shards)
     streams = streams_per_rank(config)
@@ -89,12 +113,12 @@ def build_train_loader(config: Config, rank: int, world_size: int, epoch: int,
                                config.data.batch_size, config.data.samples_per_epoch)
     settings = StreamSettings(config.seed, epoch, rank, config.data.batch_size, config.data.shuffle_buffer,
                               train=True, max_bad_samples_logged=config.data.max_bad_samples_logged)
-    dataset = PoseBatches(plans, settings, _maker(config, _schema(config, source), train=True), total,
-                          start_batch, _worker_targets(config))
-    return _loader(dataset, config)
+    maker = _maker(config, _schema(config, source), train=True)
+    dataset = PoseBatches(plans, settings, maker, total, start_batch, _worker_targets(config))
+    return _loader(dataset, config, _image_slots(config, source, config.data.batch_size, maker.warp_on_device))
 
 
-def build_eval_loader(config: Config, rank: int, world_size: int, shards: Optional[str] = None) -> DataLoader:
+def build_eval_loader(config: Config, rank: int, world_size: int, shards: Optional[str] = None) -> PoseLoader:
     """Unaugmented batches of config.eval.batch_size; over all ranks every sample exactly once
     (ranks may get different counts; the last batch of each worker may be short)."""
     source = resolve_shards(shards or config.data.val_shards, "data.val_shards")
@@ -103,7 +127,7 @@ def build_eval_loader(config: Config, rank: int, world_size: int, shards: Option
     settings = StreamSettings(config.seed, 0, rank, config.eval.batch_size, shuffle_buffer=1, train=False,
                               max_bad_samples_logged=config.data.max_bad_samples_logged)
     dataset = PoseBatches(plans, settings, _maker(config, _schema(config, source), train=False), None)
-    return _loader(dataset, config)
+    return _loader(dataset, config, _image_slots(config, source, config.eval.batch_size, on_device=False))
 
 
 def merge_error_counts(per_worker: Iterable[dict[str, int]]) -> dict[str, int]:

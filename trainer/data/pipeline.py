@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from functools import partial
 from itertools import islice
 from typing import Any, Callable, Iterator, Optional
 
@@ -25,7 +26,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from .plan import AUGMENT, SHUFFLE, SampleRandom, StreamPlan, make_rng
 from .reader import REPLACED, ErrorCounter, RawSample, read_segments
-from .samples import BadSample, SampleMaker, collate
+from .samples import BadSample, ImageAllocator, SampleMaker, collate
+from .transport import ImageSlots, to_wire
 from .sources import DataError
 
 RING_SIZE = 64  # recent raw samples kept as replacements for bad ones (a few MB of jpg bytes)
@@ -73,8 +75,9 @@ class TrainStream:
     """One training stream: exactly plan.num_samples positions, in batches."""
 
     def __init__(self, plan: StreamPlan, stream: int, settings: StreamSettings, maker: SampleMaker,
-                 errors: ErrorCounter) -> None:
+                 errors: ErrorCounter, allocate: Optional[ImageAllocator] = None) -> None:
         self.plan, self.stream, self.settings, self.maker, self.errors = plan, stream, settings, maker, errors
+        self.allocate = allocate
         self.ring: deque[RawSample] = deque(maxlen=RING_SIZE)
 
     def _rng(self, position: int) -> SampleRandom:
@@ -135,11 +138,11 @@ class TrainStream:
             chunk = list(islice(samples, size))
             if not chunk:
                 return
-            yield collate(chunk)
+            yield collate(chunk, self.allocate)
 
 
 def eval_batches(plan: StreamPlan, stream: int, settings: StreamSettings, maker: SampleMaker,
-                 errors: ErrorCounter) -> Iterator[dict[str, Any]]:
+                 errors: ErrorCounter, allocate: Optional[ImageAllocator] = None) -> Iterator[dict[str, Any]]:
     """Every readable sample of the plan once, unaugmented; bad ones skipped and counted."""
     chunk: list[dict[str, Any]] = []
     for raw in raw_stream(plan, settings, stream, errors):
@@ -149,10 +152,10 @@ def eval_batches(plan: StreamPlan, stream: int, settings: StreamSettings, maker:
             errors.record(err.kind, str(err))
             continue
         if len(chunk) == settings.batch_size:
-            yield collate(chunk)
+            yield collate(chunk, allocate)
             chunk = []
     if chunk:
-        yield collate(chunk)
+        yield collate(chunk, allocate)
 
 
 class PoseBatches(IterableDataset):
@@ -162,7 +165,9 @@ class PoseBatches(IterableDataset):
     rank's batches g = start + w, start + w + W, ...; batch g comes from stream g % V (W must
     divide V, the streams per rank). The resulting order is start, start + 1, ... whatever the
     workers' speed, and it does not even depend on W. Each batch carries 'batch_index' (g),
-    'data_worker' and 'data_errors' (that worker's cumulative counts this epoch)."""
+    'data_worker' and 'data_errors' (that worker's cumulative counts this epoch). With `slots`,
+    workers collate the images into reused shared memory and send small fields inline
+    (transport.py)."""
 
     def __init__(self, plans: list[StreamPlan], settings: StreamSettings, maker: SampleMaker,
                  total_batches: Optional[int], start_batch: int = 0,
@@ -170,6 +175,7 @@ class PoseBatches(IterableDataset):
                  ) -> None:
         self.plans, self.settings, self.maker = plans, settings, maker
         self.total_batches, self.start_batch, self.targets = total_batches, start_batch, targets
+        self.slots: Optional[ImageSlots] = None  # set by transport.PoseLoader for each pass
 
     def __len__(self) -> int:
         if self.total_batches is None:
@@ -182,16 +188,25 @@ class PoseBatches(IterableDataset):
         # no cv2.setNumThreads() here: after a fork from a parent whose OpenCV pool has run, that
         # call deadlocks (seen with torch 2.13 / opencv 4.x); the pool itself is fork-safe
         errors = ErrorCounter(self.settings.max_bad_samples_logged)
-        batches = self._train(worker, workers, errors) if self.settings.train else self._eval(worker, workers, errors)
+        allocate = partial(self.slots.allocate, worker) if self.slots is not None and info is not None else None
+        if self.settings.train:
+            batches = self._train(worker, workers, errors, allocate)
+        else:
+            batches = self._eval(worker, workers, errors, allocate)
         for index, batch in batches:
             if self.targets is not None:
                 batch["heatmaps"], batch["target_weights"] = self.targets(batch["keypoints"], batch["weights"])
+            if allocate is not None:
+                self.slots.seal(batch)
             batch["batch_index"] = index
             batch["data_worker"] = worker
             batch["data_errors"] = errors.snapshot()
+            if info is not None:
+                to_wire(batch)
             yield batch
 
-    def _train(self, worker: int, workers: int, errors: ErrorCounter) -> Iterator[tuple[int, dict]]:
+    def _train(self, worker: int, workers: int, errors: ErrorCounter,
+               allocate: Optional[ImageAllocator]) -> Iterator[tuple[int, dict]]:
         streams = len(self.plans)
         if streams % workers:
             raise ValueError(f"{workers} loader workers cannot share {streams} streams evenly")
@@ -199,13 +214,14 @@ class PoseBatches(IterableDataset):
         for index in range(self.start_batch + worker, self.total_batches, workers):
             stream = index % streams
             if stream not in open_streams:
-                maker = TrainStream(self.plans[stream], stream, self.settings, self.maker, errors)
+                maker = TrainStream(self.plans[stream], stream, self.settings, self.maker, errors, allocate)
                 open_streams[stream] = maker.batches(index // streams)
             yield index, next(open_streams[stream])
 
-    def _eval(self, worker: int, workers: int, errors: ErrorCounter) -> Iterator[tuple[int, dict]]:
+    def _eval(self, worker: int, workers: int, errors: ErrorCounter,
+              allocate: Optional[ImageAllocator]) -> Iterator[tuple[int, dict]]:
         index = 0
         for stream in range(worker, len(self.plans), workers):
-            for batch in eval_batches(self.plans[stream], stream, self.settings, self.maker, errors):
+            for batch in eval_batches(self.plans[stream], stream, self.settings, self.maker, errors, allocate):
                 yield index, batch
                 index += 1

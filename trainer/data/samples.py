@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -140,27 +140,35 @@ class SampleMaker:
         return sample
 
 
-def _stack_images(images: list[np.ndarray]) -> np.ndarray:
-    """[N, H, W, 3]; crops of different sizes (warp on device) are padded with black at the right
-    and bottom, which leaves their input -> crop affines valid."""
+ImageAllocator = Callable[[tuple[int, int, int, int]], np.ndarray]
+
+
+def _stack_images(images: list[np.ndarray], allocate: Optional[ImageAllocator]) -> np.ndarray:
+    """[N, H, W, 3] in memory from `allocate` (a reused shared-memory slot in loader workers);
+    crops of different sizes (warp on device) are padded with black at the right and bottom,
+    which leaves their input -> crop affines valid."""
     height = max(image.shape[0] for image in images)
     width = max(image.shape[1] for image in images)
-    if all(image.shape[:2] == (height, width) for image in images):
-        return np.stack(images)
-    batch = np.zeros((len(images), height, width, 3), np.uint8)
+    shape = (len(images), height, width, 3)
+    batch = allocate(shape) if allocate is not None else np.empty(shape, np.uint8)
     for i, image in enumerate(images):
-        batch[i, :image.shape[0], :image.shape[1]] = image
+        h, w = image.shape[:2]
+        batch[i, :h, :w] = image
+        if h < height:
+            batch[i, h:] = 0
+        if w < width:
+            batch[i, :h, w:] = 0
     return batch
 
 
-def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+def collate(samples: list[dict[str, Any]], allocate: Optional[ImageAllocator] = None) -> dict[str, Any]:
     """Per-sample dicts -> one batch of tensors ('image' uint8 [N, H, W, 3] RGB; with 'warp' and
     'colour' the stored crops, still to be augmented on the device)."""
     def stacked(name: str, dtype: Any) -> torch.Tensor:
         return torch.from_numpy(np.asarray([s[name] for s in samples], dtype=dtype))
 
     batch = {
-        "image": torch.from_numpy(_stack_images([s["image"] for s in samples])),
+        "image": torch.from_numpy(_stack_images([s["image"] for s in samples], allocate)),
         "keypoints": stacked("keypoints", np.float32),
         "weights": stacked("weights", np.float32),
         "input_to_image": stacked("input_to_image", np.float64),
