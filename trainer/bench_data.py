@@ -8,13 +8,16 @@ the same augmentation and warp), (c) decoding the stored crops alone (the ceilin
 parameters). The device stage's own cost is timed on this CPU too and reported beside it.
 
 All cases run in this one process, one thread for OpenCV and torch (= one loader worker), on
-the same people, interleaved repeat by repeat after a warm-up; the figures are medians.
-Optionally the real DataLoader with `workers` processes is timed too.
+the same people, interleaved repeat by repeat after a warm-up; the figures are medians. Both
+(a) and (b) collate their batches into a reused buffer, as a worker does with its shared-memory
+slots (data/transport.py): fresh pages for every batch would cost them both more than a worker
+pays. Optionally the real DataLoader with `workers` processes is timed too.
 """
 from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import statistics
 import time
@@ -102,6 +105,19 @@ class RawCocoLoader:
                 "area": float(annotation.get("area", 0.0)), "key": str(annotation_id), "flipped": geometry.flip}
 
 
+class ReusedImages:
+    """An image allocator for collate(): one buffer, reused batch after batch."""
+
+    def __init__(self) -> None:
+        self.buffer = np.empty(0, np.uint8)
+
+    def __call__(self, shape: tuple[int, ...]) -> np.ndarray:
+        size = math.prod(shape)
+        if self.buffer.size < size:
+            self.buffer = np.empty(size, np.uint8)
+        return self.buffer[:size].reshape(shape)
+
+
 def _rate(run: Callable[[], int]) -> float:
     start = time.perf_counter()
     count = run()
@@ -133,16 +149,17 @@ def run_data_benchmark(shard_dir: str, coco_root: Optional[str], num_samples: in
 
     def stream(warp_on_device: bool) -> TrainStream:
         settings = StreamSettings(config.seed, 0, 0, batch, config.data.shuffle_buffer, train=True)
-        return TrainStream(StreamPlan(segments, num_samples, 0), 0, settings, maker(warp_on_device), ErrorCounter())
+        return TrainStream(StreamPlan(segments, num_samples, 0), 0, settings, maker(warp_on_device), ErrorCounter(),
+                           ReusedImages())
 
     def pipeline(warp_on_device: bool) -> Callable[[], int]:
         return lambda: sum(b["image"].shape[0] for b in stream(warp_on_device).batches(0))
 
     def raw() -> int:
-        done = 0
+        done, allocate = 0, ReusedImages()
         for start in range(0, len(people), batch):
             chunk = [raw_loader.sample(i, a, start + k) for k, (i, a) in enumerate(people[start:start + batch])]
-            done += collate(chunk)["image"].shape[0]
+            done += collate(chunk, allocate)["image"].shape[0]
         return done
 
     def decode_only() -> int:

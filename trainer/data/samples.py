@@ -7,12 +7,12 @@ warped input, and the training device does the warp (trainer/data/on_device.py):
 per-sample cost is then little more than reading and decoding the crop."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import cv2
 import numpy as np
+import orjson
 import simplejpeg
 import torch
 
@@ -47,14 +47,14 @@ def parse_record(raw: RawSample, num_keypoints: int) -> Record:
     if "json" not in raw.members:
         raise BadSample(MISSING_MEMBER, f"{raw.url}: sample {raw.key} has no .json")
     try:
-        meta = json.loads(raw.members["json"])
+        meta = orjson.loads(raw.members["json"])  # 2.4 us against the json module's 18 (60 floats)
         keypoints = np.asarray(meta["keypoints"], np.float64).reshape(-1, 3)
         bbox = [float(v) for v in meta["bbox"]]
         crop_to_image = np.asarray(meta["crop_to_image"], np.float64).reshape(2, 3)
         record = Record(keypoints, bbox, crop_to_image, int(meta["image_id"]), int(meta["annotation_id"]),
                         float(meta.get("score", 1.0)), float(meta.get("head_size") or 0.0),
                         float(meta.get("area", 0.0)))
-    except (ValueError, KeyError, TypeError) as err:
+    except (ValueError, KeyError, TypeError) as err:  # orjson.JSONDecodeError is a ValueError
         raise BadSample(CORRUPT_JSON, f"{raw.url}: sample {raw.key}: bad json ({err!r})") from None
     if len(keypoints) != num_keypoints or len(bbox) != 4:
         raise BadSample(CORRUPT_JSON, f"{raw.url}: sample {raw.key}: {len(keypoints)} keypoints and "
