@@ -54,9 +54,10 @@ class Preset:
     scaling_steps: int
     scaling_warmup: int = 2
     with_deepspeed: bool = True
-    data_images: int = 150  # synthetic COCO-format images the data benchmark shards
-    data_samples: int = 256
-    data_repeats: int = 3
+    data_images: int = 300  # synthetic COCO-format images the data benchmark shards
+    data_samples: int = 512
+    data_repeats: int = 5
+    data_workers: int = 1  # DataLoader processes of the "delivered to the trainer" figures
     notes: list[str] = field(default_factory=list)
 
 
@@ -71,13 +72,13 @@ PRESETS = {
                     train=ModelShape(2, 64, 128, 2), train_repeats=3,
                     checkpointing=ModelShape(4, 64, 128, 4), checkpointing_rounds=1, checkpointing_steps=2,
                     scaling=ModelShape(1, 64, 128, 2), scaling_rounds=1, scaling_steps=3, scaling_warmup=1,
-                    data_images=40, data_samples=64, data_repeats=2),
+                    data_images=40, data_samples=64, data_repeats=2, data_workers=1),
     # Seconds: for the test suite (checks that every part runs and writes its keys).
     "smoke": Preset(peak_shapes=[(32, 16, 2)], peak_repeats=2,
                     train=ModelShape(1, 16, 64, 2), train_repeats=2,
                     checkpointing=ModelShape(2, 16, 64, 2), checkpointing_rounds=1, checkpointing_steps=1,
                     scaling=ModelShape(1, 16, 64, 2), scaling_rounds=1, scaling_steps=2, scaling_warmup=1,
-                    with_deepspeed=False, data_images=8, data_samples=16, data_repeats=1),
+                    with_deepspeed=False, data_images=16, data_samples=16, data_repeats=1, data_workers=1),
 }
 
 
@@ -161,7 +162,7 @@ def _run_data(preset: Preset) -> dict:
         for name, config_file, max_side in DATA_PAIRINGS:
             config = load_config(CONFIG_DIR / config_file)  # its input size, augmentation, batch size
             result = run_data_benchmark(shard_dirs[max_side], coco_root, num_samples=preset.data_samples,
-                                        repeats=preset.data_repeats, config=config)
+                                        workers=preset.data_workers, repeats=preset.data_repeats, config=config)
             result["source"] = (f"{config.model.input_size[0]} px input from {max_side} px stored crops; "
                                 f"configs/{config_file}, synthetic COCO-format set, {preset.data_images} images")
             results[name] = result

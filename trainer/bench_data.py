@@ -209,21 +209,69 @@ def run_data_benchmark(shard_dir: str, coco_root: Optional[str], num_samples: in
     # microseconds, and on CPU-only training data.warp_on=auto keeps the warp in the workers
     result["device_stage_cpu_ms_per_sample"] = 1e3 / medians["device_stage_on_cpu"]
     if workers > 0:
-        result["loader"] = _time_loader(config, workers, num_samples, batch)
+        everyone = _people(segments_in_range(source.urls, source.counts, 0, source.num_samples))
+        result["delivered"] = delivered_rates(config, shard_dir, raw_loader, everyone, workers, batch, repeats)
     return result
 
 
-def _time_loader(config: Config, workers: int, num_samples: int, batch: int) -> dict[str, float]:
-    """The real multi-process DataLoader for one rank (start-up excluded: first batch is warm-up)."""
-    config = copy.deepcopy(config)
-    config.data.workers, config.data.batch_size = workers, batch
-    loader = iter(build_train_loader(config, 0, 1, epoch=0))
-    next(loader)
-    start, count = time.perf_counter(), 0
-    for data in loader:
-        count += data["image"].shape[0]
-        if count >= num_samples:
-            break
-    rate = count / max(time.perf_counter() - start, 1e-9)
-    return {"workers": workers, "warp_on": config.data.warp_on, "samples_per_s": rate,
-            "samples_per_s_per_worker": rate / workers}
+class _RawPeople(torch.utils.data.Dataset):
+    """(b) as mmpose and HRNet run it: a map-style data set of people, batched by the DataLoader."""
+
+    def __init__(self, raw_loader: RawCocoLoader, people: list[tuple[int, int]]) -> None:
+        self.raw_loader, self.people = raw_loader, people
+
+    def __len__(self) -> int:
+        return len(self.people)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.raw_loader.sample(*self.people[index], index)
+
+
+def _consume(batches: Any, skip: int = 1) -> float:
+    """Samples/s after `skip` warm-up batches (worker start-up). The trainer reads one byte per
+    page of the images, as a copy to the GPU would: fresh shared memory costs it page faults."""
+    count, start = 0, None
+    for index, batch in enumerate(batches):
+        image = batch["image"]
+        if index == skip - 1:
+            start = time.perf_counter()
+        elif index >= skip:
+            count += image.shape[0]
+            int(image.reshape(-1)[::4096].sum())
+    return count / max(time.perf_counter() - start, 1e-9) if start is not None and count else 0.0
+
+
+def delivered_rates(config: Config, shard_dir: str, raw_loader: RawCocoLoader, people: list[tuple[int, int]],
+                    workers: int, batch: int, repeats: int) -> dict[str, Any]:
+    """Samples/s that `workers` DataLoader processes deliver to the trainer, each loader with its
+    own transport: (a) this pipeline in both warp modes (shared-memory slots, data/transport.py),
+    (a) with the warp on the device but DataLoader's own transport, (b) the raw loader as a
+    map-style Dataset (DataLoader batching, default transport). One pass over the shards each."""
+    def pipeline(warp_on: str, slots: bool = True) -> Callable[[], float]:
+        variant = copy.deepcopy(config)
+        variant.data.train_shards, variant.data.workers, variant.data.warp_on = shard_dir, workers, warp_on
+        variant.data.image_slots, variant.data.batch_size = slots, batch
+        return lambda: _consume(build_train_loader(variant, 0, 1, epoch=0))
+
+    def raw() -> float:
+        batches = torch.utils.data.DataLoader(_RawPeople(raw_loader, people), batch_size=batch,
+                                              num_workers=workers, collate_fn=collate,
+                                              prefetch_factor=config.data.prefetch_factor)
+        return _consume(batches)
+
+    cases = {"pipeline": pipeline("worker"), "pipeline_warp_on_device": pipeline("device"),
+             "pipeline_warp_on_device_without_slots": pipeline("device", slots=False), "raw_loader": raw}
+    runs: dict[str, list[float]] = {name: [] for name in cases}
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # inherited by the forked workers: one worker = one core
+    try:
+        for _ in range(repeats):
+            for name, run in cases.items():
+                runs[name].append(run() / workers)
+    finally:
+        cv2.setNumThreads(threads)
+    medians = {name: statistics.median(values) for name, values in runs.items()}
+    return {"workers": workers, "samples_per_s_per_worker": medians, "runs": runs,
+            "pipeline_vs_raw": {mode: medians[name] / medians["raw_loader"] for mode, name in
+                                (("warp_in_worker", "pipeline"), ("warp_on_device", "pipeline_warp_on_device"))},
+            "slots_speedup": medians["pipeline_warp_on_device"] / medians["pipeline_warp_on_device_without_slots"]}

@@ -112,6 +112,24 @@ def _data_rows(data: dict | None) -> list[str]:
             rows.append(_row(f"Data ({pairing}), {label}: (a) vs (c) decode-only", ">= 50%",
                              f"{100 * ratios['pipeline_vs_decode']:.0f}%: (c) {rates['decode_only']:.0f} "
                              f"samples/s", ratios["pipeline_vs_decode"] >= 0.5))
+        rows += _delivered_rows(pairing, figures.get("delivered"))
+    return rows
+
+
+def _delivered_rows(pairing: str, delivered: dict | None) -> list[str]:
+    """What DataLoader worker processes hand the trainer, each loader with its own transport."""
+    if not delivered:
+        return []
+    rates, workers = delivered["samples_per_s_per_worker"], delivered["workers"]
+    rows = []
+    for mode, rate_key, label in DATA_MODES:
+        rows.append(_row(f"Data ({pairing}), {label}, delivered by {workers} DataLoader worker(s): (a) vs (b)",
+                         "reported", f"{delivered['pipeline_vs_raw'][mode]:.2f}x: (a) {rates[rate_key]:.0f}, "
+                         f"(b) {rates['raw_loader']:.0f} samples/s per worker", None))
+    rows.append(_row(f"Data ({pairing}), warp on the device, delivered: shared-memory slots vs DataLoader's own "
+                     "transport", "reported", f"{delivered['slots_speedup']:.2f}x "
+                     f"({rates['pipeline_warp_on_device']:.0f} vs "
+                     f"{rates['pipeline_warp_on_device_without_slots']:.0f} samples/s per worker)", None))
     return rows
 
 

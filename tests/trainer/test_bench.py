@@ -61,6 +61,11 @@ def test_data_benchmark_measures_both_pairings_and_both_warp_modes(tmp_path):
         for mode in ("warp_in_worker", "warp_on_device"):
             assert pairing[mode]["pipeline_vs_raw"] > 0 and set(pairing[mode]["targets_met"]) == {
                 "pipeline >= 3x raw", "pipeline >= 50% of decode"}
+        delivered = pairing["delivered"]
+        assert delivered["workers"] == 1 and set(delivered["samples_per_s_per_worker"]) == {
+            "pipeline", "pipeline_warp_on_device", "pipeline_warp_on_device_without_slots", "raw_loader"}
+        assert all(rate > 0 for rate in delivered["samples_per_s_per_worker"].values())
     assert data["recipe"]["input_size"] == [256, 256] and "384 px stored crops" in data["recipe"]["source"]
     markdown = render_markdown(result)
     assert markdown.count("(a) vs (b) raw loader") == 4 and "warp on the device" in markdown
+    assert markdown.count("delivered by 1 DataLoader worker(s)") == 4 and "shared-memory slots" in markdown

@@ -3,6 +3,7 @@ DataLoader worker processes. The pinned-memory branch (CUDA) cannot run on this 
 machine and is not tested here."""
 from __future__ import annotations
 
+import copy
 import gc
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from data_testlib import make_coco_shards, small_config
-from trainer.data import build_eval_loader, build_train_loader, loader as loader_module
+from trainer.data import build_eval_loader, build_train_loader
 from trainer.data.transport import SLOT_KEY, ImageSlots, from_wire, to_wire
 
 
@@ -20,14 +21,14 @@ def coco(tmp_path_factory) -> tuple[str, str]:
 
 
 @pytest.fixture
-def without_slots(monkeypatch):
+def without_slots():
     """Build loaders the DataLoader's own way (same workers, so the same streams)."""
-    def build(make, *args):
-        with monkeypatch.context() as patch:
-            patch.setattr(loader_module, "_image_slots", lambda *args, **kwargs: None)
-            loader = make(*args)
-            assert loader.make_slots is None
-            return loader
+    def build(make, config, *args):
+        config = copy.deepcopy(config)
+        config.data.image_slots = False
+        loader = make(config, *args)
+        assert loader.make_slots is None
+        return loader
     return build
 
 

@@ -73,7 +73,7 @@ def _image_slots(config: Config, source: ShardSource, batch_size: int,
     network input size, or with the warp on the device the largest stored crop (from the
     manifest; unknown: no slots)."""
     workers = config.data.workers
-    if workers == 0:
+    if workers == 0 or not config.data.image_slots:
         return None
     if on_device:
         side = ((source.manifest or {}).get("crop") or {}).get("max_side")
