@@ -32,6 +32,7 @@ from shards.schema import load_schema
 from . import transforms
 from .config import Config
 from .data import build_train_loader, resolve_shards
+from .data.loader import batch_image_shape
 from .data.on_device import network_inputs
 from .data.pipeline import StreamSettings, TrainStream
 from .data.plan import AUGMENT, SampleRandom, StreamPlan, segments_in_range
@@ -86,7 +87,7 @@ class RawCocoLoader:
 
     def sample(self, image_id: int, annotation_id: int, position: int) -> dict[str, Any]:
         with open(self.files[image_id], "rb") as f:
-            image = decode_rgb(f.read(), self.config.data.fast_idct)  # the pipeline's own decoder
+            image = decode_rgb(f.read(), self.config.data.fast_idct, channels=4)  # the pipeline's own decoder
         annotation = self.annotations[annotation_id]
         keypoints = np.asarray(annotation["keypoints"], np.float64).reshape(-1, 3)
         labelled = keypoints[:, 2] > 0
@@ -96,7 +97,7 @@ class RawCocoLoader:
                                               self.config.augment, size, self.groups)
         matrix = transforms.crop_to_input_affine(geometry, size)
         colour = transforms.colour_transform(rng, self.config.augment.colour_jitter)
-        warped = transforms.apply_colour(transforms.warp_image(image, matrix, size), colour)
+        warped = transforms.warp_and_colour(image, matrix, size, colour)  # and its own warp
         points, weights = transforms.transform_keypoints(keypoints[:, :2], labelled, matrix, geometry.flip,
                                                          self.flip_permutation, size)
         return {"image": warped, "keypoints": points, "weights": weights,
@@ -150,7 +151,7 @@ def run_data_benchmark(shard_dir: str, coco_root: Optional[str], num_samples: in
     def stream(warp_on_device: bool) -> TrainStream:
         settings = StreamSettings(config.seed, 0, 0, batch, config.data.shuffle_buffer, train=True)
         return TrainStream(StreamPlan(segments, num_samples, 0), 0, settings, maker(warp_on_device), ErrorCounter(),
-                           ReusedImages())
+                           ReusedImages(), batch_image_shape(config, source, warp_on_device))
 
     def pipeline(warp_on_device: bool) -> Callable[[], int]:
         return lambda: sum(b["image"].shape[0] for b in stream(warp_on_device).batches(0))

@@ -155,8 +155,13 @@ def test_colour_transform_is_seeded_and_matches_the_three_steps():
     a, b = transforms.colour_transform(make_rng(1), 0.3), transforms.colour_transform(make_rng(1), 0.3)
     assert np.array_equal(a, b) and a.shape == (3, 4) and a.dtype == np.float32
     factors = make_rng(1).uniform(0.7, 1.3, size=3)  # the same draws colour_transform makes
-    out = transforms.apply_colour(image.copy(), a)
-    assert out.dtype == np.uint8 and not np.array_equal(out, image)
+    identity = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # the warp leaves the pixels alone
+    out = transforms.warp_and_colour(image, identity, (48, 32), a)
+    assert out.dtype == np.uint8 and out.shape == image.shape and not np.array_equal(out, image)
     assert np.abs(out - _reference_colour(image, *factors)).max() <= 1.0  # uint8 rounding only
-    assert np.array_equal(transforms.apply_colour(image.copy(), transforms.colour_transform(make_rng(1), 0)), image)
+    rgbx = cv2.cvtColor(image, cv2.COLOR_RGB2RGBA)  # what decode_rgb(..., channels=4) gives
+    into = np.zeros_like(image)
+    assert transforms.warp_and_colour(rgbx, identity, (48, 32), a, into) is into and np.array_equal(into, out)
+    plain = transforms.warp_and_colour(image, identity, (48, 32), transforms.colour_transform(make_rng(1), 0))
+    assert np.array_equal(plain, image)
 

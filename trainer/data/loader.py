@@ -67,23 +67,24 @@ def _ignore_stop_signals(_worker_id: int) -> None:
         signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
-def _image_slots(config: Config, source: ShardSource, batch_size: int,
-                 on_device: bool) -> Optional[Callable[[], ImageSlots]]:
-    """Reused shared memory for the workers' image batches (a maker: new slots per pass): the
-    network input size, or with the warp on the device the largest stored crop (from the
-    manifest; unknown: no slots)."""
-    workers = config.data.workers
-    if workers == 0 or not config.data.image_slots:
-        return None
+def batch_image_shape(config: Config, source: ShardSource, on_device: bool) -> Optional[tuple[int, int]]:
+    """(H, W) of a batch's images: the network input, or with the warp on the device the largest
+    stored crop (from the manifest; None when unknown: batches are sized to their crops)."""
     if on_device:
         side = ((source.manifest or {}).get("crop") or {}).get("max_side")
-        if not side:
-            return None
-        height = width = int(side)
-    else:
-        width, height = config.model.input_size
+        return (int(side), int(side)) if side else None
+    width, height = config.model.input_size
+    return int(height), int(width)
+
+
+def _image_slots(config: Config, batch_size: int,
+                 image_shape: Optional[tuple[int, int]]) -> Optional[Callable[[], ImageSlots]]:
+    """Reused shared memory for the workers' image batches (a maker: new slots per pass)."""
+    workers = config.data.workers
+    if workers == 0 or not config.data.image_slots or image_shape is None:
+        return None
     # the loader keeps prefetch_factor batches of each worker in flight, one more is in use
-    return partial(ImageSlots, workers, config.data.prefetch_factor + 1, (batch_size, height, width, 3))
+    return partial(ImageSlots, workers, config.data.prefetch_factor + 1, (batch_size, *image_shape, 3))
 
 
 def _loader(dataset: PoseBatches, config: Config, make_slots: Optional[Callable[[], ImageSlots]]) -> PoseLoader:
@@ -114,8 +115,9 @@ def build_train_loader(config: Config, rank: int, world_size: int, epoch: int,
     settings = StreamSettings(config.seed, epoch, rank, config.data.batch_size, config.data.shuffle_buffer,
                               train=True, max_bad_samples_logged=config.data.max_bad_samples_logged)
     maker = _maker(config, _schema(config, source), train=True)
-    dataset = PoseBatches(plans, settings, maker, total, start_batch, _worker_targets(config))
-    return _loader(dataset, config, _image_slots(config, source, config.data.batch_size, maker.warp_on_device))
+    shape = batch_image_shape(config, source, maker.warp_on_device)
+    dataset = PoseBatches(plans, settings, maker, total, start_batch, _worker_targets(config), shape)
+    return _loader(dataset, config, _image_slots(config, config.data.batch_size, shape))
 
 
 def build_eval_loader(config: Config, rank: int, world_size: int, shards: Optional[str] = None) -> PoseLoader:
@@ -127,7 +129,7 @@ def build_eval_loader(config: Config, rank: int, world_size: int, shards: Option
     settings = StreamSettings(config.seed, 0, rank, config.eval.batch_size, shuffle_buffer=1, train=False,
                               max_bad_samples_logged=config.data.max_bad_samples_logged)
     dataset = PoseBatches(plans, settings, _maker(config, _schema(config, source), train=False), None)
-    return _loader(dataset, config, _image_slots(config, source, config.eval.batch_size, on_device=False))
+    return _loader(dataset, config, _image_slots(config, config.eval.batch_size, batch_image_shape(config, source, False)))
 
 
 def merge_error_counts(per_worker: Iterable[dict[str, int]]) -> dict[str, int]:

@@ -72,13 +72,30 @@ def raw_stream(plan: StreamPlan, settings: StreamSettings, stream: int, errors: 
 
 
 class TrainStream:
-    """One training stream: exactly plan.num_samples positions, in batches."""
+    """One training stream: exactly plan.num_samples positions, in batches.
+
+    With `image_shape` (H, W) known in advance (the input size, or the largest stored crop when
+    the warp is on the device), each batch's image buffer is taken first (from `allocate`: a
+    worker's shared-memory slot) and every sample's image is made in its row: no stacking copy."""
 
     def __init__(self, plan: StreamPlan, stream: int, settings: StreamSettings, maker: SampleMaker,
-                 errors: ErrorCounter, allocate: Optional[ImageAllocator] = None) -> None:
+                 errors: ErrorCounter, allocate: Optional[ImageAllocator] = None,
+                 image_shape: Optional[tuple[int, int]] = None) -> None:
         self.plan, self.stream, self.settings, self.maker, self.errors = plan, stream, settings, maker, errors
-        self.allocate = allocate
+        self.allocate, self.image_shape = allocate, image_shape
         self.ring: deque[RawSample] = deque(maxlen=RING_SIZE)
+        self._batch: Optional[tuple[int, np.ndarray]] = None  # (batch number, its image buffer)
+
+    def _row(self, position: int) -> Optional[np.ndarray]:
+        """Where the image of `position` goes: its row of the current batch's buffer."""
+        if self._batch is None:
+            return None
+        number, images = self._batch
+        batch, row = divmod(position, self.settings.batch_size)
+        return images[row] if batch == number else None
+
+    def _make(self, raw: RawSample, position: int) -> dict[str, Any]:
+        return self.maker.make(raw, self._rng(position), self._row(position))
 
     def _rng(self, position: int) -> SampleRandom:
         s = self.settings
@@ -89,7 +106,7 @@ class TrainStream:
         for attempt in range(count):
             candidate = self.ring[(position + attempt) % count]
             try:
-                return self.maker.make(candidate, self._rng(position))
+                return self._make(candidate, position)
             except BadSample:
                 continue  # already counted when it was first seen
         return None
@@ -107,7 +124,7 @@ class TrainStream:
             sample = None
             if raw is not None:
                 try:
-                    sample = self.maker.make(raw, self._rng(position))
+                    sample = self._make(raw, position)
                 except BadSample as err:
                     self.errors.record(err.kind, str(err))
             if sample is None:
@@ -120,7 +137,7 @@ class TrainStream:
             elif pending:
                 for waiting in pending:
                     self.errors.record(REPLACED, f"position {waiting} filled with a later sample")
-                    yield self.maker.make(raw, self._rng(waiting))
+                    yield self._make(raw, waiting)
                 pending.clear()
             if raw is not None:
                 self.ring.append(raw)
@@ -134,11 +151,15 @@ class TrainStream:
     def batches(self, first_batch: int) -> Iterator[dict[str, Any]]:
         size = self.settings.batch_size
         samples = self.samples(first_batch * size)
-        while True:
+        for number in range(first_batch, self.plan.num_samples // size):
+            images = None
+            if self.image_shape is not None:
+                shape = (size, *self.image_shape, 3)
+                images = self.allocate(shape) if self.allocate is not None else np.empty(shape, np.uint8)
+                self._batch = (number, images)
             chunk = list(islice(samples, size))
-            if not chunk:
-                return
-            yield collate(chunk, self.allocate)
+            yield collate(chunk, self.allocate, images)
+        self._batch = None
 
 
 def eval_batches(plan: StreamPlan, stream: int, settings: StreamSettings, maker: SampleMaker,
@@ -171,9 +192,9 @@ class PoseBatches(IterableDataset):
 
     def __init__(self, plans: list[StreamPlan], settings: StreamSettings, maker: SampleMaker,
                  total_batches: Optional[int], start_batch: int = 0,
-                 targets: Optional[Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = None
-                 ) -> None:
-        self.plans, self.settings, self.maker = plans, settings, maker
+                 targets: Optional[Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = None,
+                 image_shape: Optional[tuple[int, int]] = None) -> None:
+        self.plans, self.settings, self.maker, self.image_shape = plans, settings, maker, image_shape
         self.total_batches, self.start_batch, self.targets = total_batches, start_batch, targets
         self.slots: Optional[ImageSlots] = None  # set by transport.PoseLoader for each pass
 
@@ -214,7 +235,8 @@ class PoseBatches(IterableDataset):
         for index in range(self.start_batch + worker, self.total_batches, workers):
             stream = index % streams
             if stream not in open_streams:
-                maker = TrainStream(self.plans[stream], stream, self.settings, self.maker, errors, allocate)
+                maker = TrainStream(self.plans[stream], stream, self.settings, self.maker, errors, allocate,
+                                    self.image_shape)
                 open_streams[stream] = maker.batches(index // streams)
             yield index, next(open_streams[stream])
 

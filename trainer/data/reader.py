@@ -14,7 +14,6 @@ import bz2
 import gzip
 import logging
 import lzma
-import os
 import time
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -199,9 +198,10 @@ def tar_members(stream) -> Iterator[tuple[str, bytes]]:
 
 
 def _split_name(name: str) -> tuple[str, str]:
-    directory, base = os.path.split(name)
-    key, _, extension = base.partition(".")
-    return os.path.join(directory, key), extension.lower()
+    """'dir/key.ext.more' -> ('dir/key', 'ext.more'), the extension lower-cased."""
+    slash = name.rfind("/") + 1
+    key, _, extension = name[slash:].partition(".")
+    return name[:slash] + key, extension.lower()
 
 
 def _grouped(url: str, errors: ErrorCounter) -> Iterator[RawSample]:

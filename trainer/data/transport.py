@@ -73,7 +73,7 @@ class ImageSlots:
             os.set_blocking(writer.fileno(), False)  # a full pipe drops the message, never blocks
             self.returns.append((reader, writer))
         self._free: Optional[set[int]] = None  # the worker's view, built in the worker
-        self._claimed: Optional[tuple[int, tuple[int, ...]]] = None
+        self._claimed: Optional[tuple[int, int]] = None  # (worker, slot) of the batch being made
 
     def _view(self, worker: int, slot: int, shape: tuple[int, ...]) -> np.ndarray:
         return self.buffers[worker][slot][:math.prod(shape)].numpy().reshape(shape)
@@ -92,17 +92,22 @@ class ImageSlots:
             return np.empty(shape, np.uint8)
         slot = min(self._free)
         self._free.discard(slot)
-        self._claimed = (slot, tuple(shape))
+        self._claimed = (worker, slot)
         return self._view(worker, slot, tuple(shape))
 
     def seal(self, batch: dict[str, Any]) -> None:
-        """Replace the batch's images by the number of the slot they were collated into."""
+        """Replace the batch's images by the number of the slot they were collated into (a slot
+        claimed for images that ended up elsewhere, too large for it, is free again)."""
         if self._claimed is None:
             return
-        slot, shape = self._claimed
+        worker, slot = self._claimed
         self._claimed = None
+        image = batch["image"]
+        if image.data_ptr() != self.buffers[worker][slot].data_ptr():
+            self._free.add(slot)
+            return
         del batch["image"]
-        batch[SLOT_KEY] = (slot, *shape)
+        batch[SLOT_KEY] = (slot, *image.shape)
 
     # --- trainer side ---
     def take(self, worker: int, batch: dict[str, Any], pin_memory: bool) -> None:
