@@ -1,7 +1,8 @@
 """Data benchmark: samples/s per worker of (a) this pipeline from shards with full augmentation,
 (b) a raw loader as mmpose/HRNet do it (read + decode the whole original image per person, then
-the same augmentation and warp), (c) decoding the stored crops alone (the ceiling for (a)), into reused memory as the pipeline
-does.
+the same augmentation and warp), (c) decoding the stored crops alone (the ceiling for (a)).
+All three use the pipeline's own decoder, warp and reused scratch memory: the figures compare
+where the pixels come from, not implementations.
 
 (a) is measured both ways the pipeline can run: warp + colour jitter in the worker
 (data.warp_on=worker, what CPU training uses) and in the training device's stage
