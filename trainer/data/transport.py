@@ -64,6 +64,8 @@ class ImageSlots:
     """`per_worker` (<= 255) uint8 buffers of `shape` = (batch, height, width, 3) per worker."""
 
     def __init__(self, workers: int, per_worker: int, shape: tuple[int, int, int, int]) -> None:
+        if not 1 <= per_worker <= 255:  # a slot number travels as one byte
+            raise ValueError(f"{per_worker} image slots per worker: data.prefetch_factor + 1 must be 1-255")
         self.shape = shape
         self.buffers = [[torch.empty(math.prod(shape), dtype=torch.uint8).share_memory_()
                          for _ in range(per_worker)] for _ in range(workers)]
