@@ -186,11 +186,13 @@ def _gpu_section(parts: dict[str, Any]) -> list[str]:
 
 def _data_samples_per_core(data: dict | None) -> float | None:
     """Samples/s of one loader worker (one core) feeding a GPU: the recipe pairing, warp on the
-    device (what data.warp_on=auto does with CUDA)."""
+    device (what data.warp_on=auto does with CUDA), as a DataLoader worker delivers them when
+    that was measured, else as the worker makes them."""
     recipe = (data or {}).get("recipe")
     if not recipe or "samples_per_s_per_worker" not in recipe:
         return None
-    return float(recipe["samples_per_s_per_worker"]["pipeline_warp_on_device"])
+    figures = recipe.get("delivered", recipe)
+    return float(figures["samples_per_s_per_worker"]["pipeline_warp_on_device"])
 
 
 def render_markdown(result: dict) -> str:
@@ -294,6 +296,20 @@ def _data_notes(data: dict | None) -> list[str]:
             f"{100 * figures['warp_in_worker']['pipeline_vs_decode']:.0f}% with it in the worker.{share} "
             "Smaller people in the photos give smaller crops and a larger bound; --max-side trades "
             "resolution for speed.")
+    for pairing, figures in (data or {}).items():
+        if "samples_per_s_per_worker" not in figures:
+            continue
+        rates = figures["samples_per_s_per_worker"]
+        for mode, rate_key, label in DATA_MODES:
+            if figures[mode]["pipeline_vs_decode"] >= 0.5:
+                continue
+            decode_us, extra_us = 1e6 / rates["decode_only"], 1e6 / rates[rate_key] - 1e6 / rates["decode_only"]
+            notes.append(
+                f"- Data, {pairing} pairing, {label}: (a) is {100 * figures[mode]['pipeline_vs_decode']:.0f}% of "
+                f"decode-only: beyond decoding ({decode_us:.0f} us a sample with reading and parsing), each "
+                f"sample costs {extra_us:.0f} us (the warp to the input size, augmentation parameters, collation), "
+                "which the crop size does not change: the smaller and faster to decode the crops, the larger its "
+                "share.")
     return notes
 
 
