@@ -85,12 +85,6 @@ def _padded_box(x: float, y: float, w: float, h: float, padding: float, aspect: 
     return cx, cy, w * padding, h * padding
 
 
-def box_center_size(bbox: Sequence[float], padding: float, aspect: float) -> tuple[np.ndarray, np.ndarray]:
-    """Box [x, y, w, h] -> centre and (w, h) padded and widened to the aspect ratio w/h = aspect."""
-    cx, cy, w, h = _padded_box(*(float(v) for v in bbox), padding, aspect)
-    return np.array([cx, cy]), np.array([w, h])
-
-
 def _truncated_normal(rng: RandomSource) -> float:
     """A standard normal cut to [-1, 1] (rejection: a few draws at most, all from `rng`)."""
     while True:
