@@ -1,8 +1,8 @@
 """Stage 5: tar shards -> raw samples, with bad data counted and logged at a limited rate.
 
 Shards are streamed (webdataset's gopen opens local paths, pipe: and urls) through a small
-tar parser of our own: the stdlib's tarfile builds a TarInfo object per member and costs about
-60 us a sample, a fifth of decoding a stored crop; this reads a 512-byte header, checks its
+tar parser of our own: the stdlib's tarfile builds a TarInfo object per member, 75 us a sample
+(jpg + json, 384 px crops) against 31 for this one, which reads a 512-byte header, checks its
 checksum and takes the data (ustar, GNU long names and pax path/size records are understood).
 Members are grouped by key (the name up to the first dot, as webdataset does). A shard that
 cannot be opened, is truncated or has a damaged header ends that shard: the samples read so far
