@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import statistics
 import time
+from functools import partial
 from typing import Any, Callable, Optional
 
 import cv2
@@ -110,17 +110,9 @@ class RawCocoLoader:
                 "area": float(annotation.get("area", 0.0)), "key": str(annotation_id), "flipped": geometry.flip}
 
 
-class ReusedImages:
-    """An image allocator for collate(): one buffer, reused batch after batch."""
-
-    def __init__(self) -> None:
-        self.buffer = np.empty(0, np.uint8)
-
-    def __call__(self, shape: tuple[int, ...]) -> np.ndarray:
-        size = math.prod(shape)
-        if self.buffer.size < size:
-            self.buffer = np.empty(size, np.uint8)
-        return self.buffer[:size].reshape(shape)
+def reused_images() -> Callable[[tuple[int, ...]], np.ndarray]:
+    """An image allocator for collate(): one buffer, reused batch after batch (a worker's slot)."""
+    return partial(transforms.Scratch().array, "images")
 
 
 def _rate(run: Callable[[], int]) -> float:
@@ -155,13 +147,13 @@ def run_data_benchmark(shard_dir: str, coco_root: Optional[str], num_samples: in
     def stream(warp_on_device: bool) -> TrainStream:
         settings = StreamSettings(config.seed, 0, 0, batch, config.data.shuffle_buffer, train=True)
         return TrainStream(StreamPlan(segments, num_samples, 0), 0, settings, maker(warp_on_device), ErrorCounter(),
-                           ReusedImages(), batch_image_shape(config, source, warp_on_device))
+                           reused_images(), batch_image_shape(config, source, warp_on_device))
 
     def pipeline(warp_on_device: bool) -> Callable[[], int]:
         return lambda: sum(b["image"].shape[0] for b in stream(warp_on_device).batches(0))
 
     def raw() -> int:
-        done, allocate = 0, ReusedImages()
+        done, allocate = 0, reused_images()
         for start in range(0, len(people), batch):
             chunk = [raw_loader.sample(i, a, start + k) for k, (i, a) in enumerate(people[start:start + batch])]
             done += collate(chunk, allocate)["image"].shape[0]

@@ -82,9 +82,10 @@ def decode_rgb(data: bytes, fast_idct: bool = False, into: Optional[np.ndarray] 
     if simplejpeg.is_jpeg(data):
         try:
             colorspace = "RGBX" if channels == 4 else "RGB"
-            shape = (*simplejpeg.decode_jpeg_header(data)[:2], channels)
-            if into is None or into.shape != shape:
-                into = None if scratch is None else scratch.array("decoded", shape)
+            if into is not None or scratch is not None:  # the header says where the pixels fit
+                shape = (*simplejpeg.decode_jpeg_header(data)[:2], channels)
+                if into is None or into.shape != shape:
+                    into = None if scratch is None else scratch.array("decoded", shape)
             return simplejpeg.decode_jpeg(data, colorspace, fastdct=fast_idct, buffer=into)
         except ValueError:
             pass
