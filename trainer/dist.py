@@ -98,10 +98,17 @@ def init_distributed(world: WorldInfo, timeout_s: float) -> torch.device:
     return device
 
 
+_TIMEOUT_MARKERS = ("timed out", "application timeout caused pair closure")
+
+
 def explain_timeout(error: BaseException, world: WorldInfo, timeout_s: float) -> Optional[CollectiveTimeout]:
     """A CollectiveTimeout naming this rank and the ranks it waited for, when `error` is a
-    collective timeout (gloo says only "Timed out waiting ...ms for recv"); else None."""
-    if world.world_size == 1 or not isinstance(error, RuntimeError) or "timed out" not in str(error).lower():
+    collective timeout; else None. Gloo words it by where the wait ended: "Timed out waiting
+    ...ms for recv", or "Application timeout caused pair closure" (e.g. in DDP's buffer
+    broadcast at the start of a forward)."""
+    message = str(error).lower()
+    if world.world_size == 1 or not isinstance(error, RuntimeError) or not any(
+            marker in message for marker in _TIMEOUT_MARKERS):
         return None
     others = [rank for rank in range(world.world_size) if rank != world.rank]
     first_line = str(error).strip().splitlines()[0][:300]

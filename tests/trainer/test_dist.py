@@ -68,3 +68,15 @@ def test_collective_timeout_fails_instead_of_hanging(tmp_path):
     (rank0,) = launch("timeout", tmp_path, 90, "3")
     assert rank0["error"] is not None
     assert 2.0 <= rank0["seconds"] < 30, rank0
+
+
+@pytest.mark.parametrize("message", ["[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Timed out waiting "
+                                     "10000ms for recv operation to complete",
+                                     "Application timeout caused pair closure"])
+def test_gloo_timeouts_are_named_whatever_their_wording(message):
+    world = WorldInfo(rank=0, world_size=3)
+    explained = dist.explain_timeout(RuntimeError(message), world, 10.0)
+    assert isinstance(explained, dist.CollectiveTimeout)
+    assert str(explained).startswith("rank 0 of 3 waited dist.timeout_s=10 s in a collective for rank(s) 1, 2")
+    assert dist.explain_timeout(RuntimeError("CUDA out of memory"), world, 10.0) is None
+    assert dist.explain_timeout(RuntimeError(message), WorldInfo(), 10.0) is None
