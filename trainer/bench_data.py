@@ -39,7 +39,7 @@ from .data.on_device import network_inputs
 from .data.pipeline import StreamSettings, TrainStream
 from .data.plan import AUGMENT, SampleRandom, StreamPlan, segments_in_range
 from .data.reader import ErrorCounter, read_segments
-from .data.samples import SampleMaker, collate, decode_image, decode_rgb, parse_record
+from .data.samples import Record, Sample, SampleMaker, decode_image, decode_rgb, parse_record
 from .data.sources import DataError
 
 
@@ -73,41 +73,38 @@ def _coco_files(shard_dir: str, coco_root: Optional[str], split: str) -> tuple[s
 class RawCocoLoader:
     """What top-down frameworks do per person: imread the photo, augment, warp from it."""
 
-    def __init__(self, annotations: str, images_dir: str, config: Config) -> None:
+    def __init__(self, annotations: str, images_dir: str, config: Config, maker: SampleMaker) -> None:
         with open(annotations, encoding="utf-8") as f:
             data = json.load(f)
         self.files = {im["id"]: os.path.join(images_dir, im["file_name"]) for im in data["images"]}
         self.pixels = {im["id"]: int(im["width"]) * int(im["height"]) for im in data["images"]}
         self.annotations = {a["id"]: a for a in data["annotations"]}
-        schema = load_schema(config.data.schema)
-        self.flip_permutation = schema.flip_permutation()
-        self.groups = transforms.half_body_groups(schema.keypoint_names)
-        self.config = config
+        self.groups = transforms.half_body_groups(load_schema(config.data.schema).keypoint_names)
+        self.config, self.maker = config, maker  # the maker's collate makes (b)'s batches too
         self.scratch = transforms.Scratch()
 
     def photo_pixels(self, image_id: int) -> int:
         return self.pixels[image_id]
 
-    def sample(self, image_id: int, annotation_id: int, position: int) -> dict[str, Any]:
+    def sample(self, image_id: int, annotation_id: int, position: int) -> Sample:
         with open(self.files[image_id], "rb") as f:
             # the pipeline's own decoder and warp, with the same reused scratch memory
             image = decode_rgb(f.read(), self.config.data.fast_idct, channels=4, scratch=self.scratch)
         annotation = self.annotations[annotation_id]
         keypoints = np.asarray(annotation["keypoints"], np.float64).reshape(-1, 3)
-        labelled = keypoints[:, 2] > 0
         size = self.config.model.input_size
         rng = SampleRandom(self.config.seed, 0, AUGMENT, position)
-        geometry = transforms.sample_geometry(rng, annotation["bbox"], keypoints[:, :2], labelled,
+        geometry = transforms.sample_geometry(rng, annotation["bbox"], keypoints[:, :2], keypoints[:, 2] > 0,
                                               self.config.augment, size, self.groups)
         matrix = transforms.crop_to_input_affine(geometry, size)
         colour = transforms.colour_transform(rng, self.config.augment.colour_jitter)
-        warped = transforms.warp_and_colour(image, matrix, size, colour, scratch=self.scratch)
-        points, weights = transforms.transform_keypoints(keypoints[:, :2], labelled, matrix, geometry.flip,
-                                                         self.flip_permutation, size)
-        return {"image": warped, "keypoints": points, "weights": weights,
-                "input_to_image": transforms.invert_affine(matrix), "image_id": image_id,
-                "annotation_id": annotation_id, "score": 1.0, "head_size": 0.0,
-                "area": float(annotation.get("area", 0.0)), "key": str(annotation_id), "flipped": geometry.flip}
+        record = Record(keypoints, annotation["bbox"], IDENTITY_AFFINE, image_id, annotation_id, 1.0, 0.0,
+                        float(annotation.get("area", 0.0)))
+        return Sample(str(annotation_id), record, matrix, geometry.flip, colour,
+                      transforms.warp_and_colour(image, matrix, size, colour, scratch=self.scratch))
+
+
+IDENTITY_AFFINE = np.eye(2, 3)
 
 
 def reused_images() -> Callable[[tuple[int, ...]], np.ndarray]:
@@ -137,12 +134,13 @@ def run_data_benchmark(shard_dir: str, coco_root: Optional[str], num_samples: in
     segments = segments_in_range(source.urls, source.counts, 0, num_samples)
     people = _people(segments)
     split = (source.manifest or {}).get("split", "train")
-    raw_loader = RawCocoLoader(*_coco_files(shard_dir, coco_root, split), config)
     schema = load_schema(config.data.schema)
 
     def maker(warp_on_device: bool) -> SampleMaker:
         return SampleMaker(config.model.input_size, config.augment, schema.flip_permutation(),
                            schema.keypoint_names, warp_on_device, config.data.fast_idct)
+
+    raw_loader = RawCocoLoader(*_coco_files(shard_dir, coco_root, split), config, maker(False))
 
     def stream(warp_on_device: bool) -> TrainStream:
         settings = StreamSettings(config.seed, 0, 0, batch, config.data.shuffle_buffer, train=True)
@@ -156,7 +154,7 @@ def run_data_benchmark(shard_dir: str, coco_root: Optional[str], num_samples: in
         done, allocate = 0, reused_images()
         for start in range(0, len(people), batch):
             chunk = [raw_loader.sample(i, a, start + k) for k, (i, a) in enumerate(people[start:start + batch])]
-            done += collate(chunk, allocate)["image"].shape[0]
+            done += raw_loader.maker.collate(chunk, allocate)["image"].shape[0]
         return done
 
     def decode_only() -> int:
@@ -220,7 +218,7 @@ class _RawPeople(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.people)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> Sample:
         return self.raw_loader.sample(*self.people[index], index)
 
 
@@ -252,7 +250,7 @@ def delivered_rates(config: Config, shard_dir: str, raw_loader: RawCocoLoader, p
 
     def raw() -> float:
         batches = torch.utils.data.DataLoader(_RawPeople(raw_loader, people), batch_size=batch,
-                                              num_workers=workers, collate_fn=collate,
+                                              num_workers=workers, collate_fn=raw_loader.maker.collate,
                                               prefetch_factor=config.data.prefetch_factor)
         return _consume(batches)
 

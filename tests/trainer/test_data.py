@@ -19,8 +19,9 @@ from trainer.data import (DataError, DataErrorTally, build_eval_loader, build_tr
                           train_batches_per_epoch)
 from trainer.data import samples
 from trainer.data.loader import _maker, _schema
-from trainer.data.pipeline import PoseBatches, StreamSettings
-from trainer.data.plan import train_stream_plans
+from trainer.data.pipeline import PoseBatches, StreamSettings, TrainStream
+from trainer.data.plan import StreamPlan, segments_in_range, train_stream_plans
+from trainer.data.reader import ErrorCounter
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -149,6 +150,42 @@ def test_bad_samples_and_truncated_shards_are_skipped_and_counted(coco, tmp_path
     eval_config = small_config("", shards_dir, workers=2)
     eval_keys = [k for b in build_eval_loader(eval_config, 0, 1) for k in b["key"]]
     assert len(eval_keys) == len(set(eval_keys)) == total - 2 - counts["short_shard_samples"]
+
+
+def test_bad_samples_inside_batches_are_replaced_the_same_way_on_resume(coco, tmp_path):
+    """Batches of 4 in shard order: the whole first batch and one more sample are corrupt, so
+    the first batch must read ahead for a good sample, the second takes one from the ring or its
+    own batch; a resume at batches 1 and 2 gives the same batches."""
+    train, _ = coco
+    shards_dir = copy_shards(train, str(tmp_path / "bad"))
+    paths = shard_paths(shards_dir)
+    fixed = str(tmp_path / "fixed.tar")
+    keys = [key for path in paths for key in shard_keys(path)]
+    for position in range(5):  # 5 per shard: the first shard, all of it
+        rewrite_member(paths[0], fixed, keys[position] + ".jpg", b"\xff\xd8 not a jpeg")
+        os.replace(fixed, paths[0])
+    config = small_config(shards_dir, batch_size=4, workers=0)
+    source = resolve_shards(shards_dir)
+    total = 12
+    plan = StreamPlan(segments_in_range(source.urls, source.counts, 0, total), total, 0)
+    settings = StreamSettings(config.seed, 0, 0, 4, shuffle_buffer=1, train=True)
+    maker = _maker(config, _schema(config, source), train=True)
+
+    def stream_batches(first: int) -> tuple[list[dict], dict]:
+        errors = ErrorCounter()
+        batches = list(TrainStream(plan, 0, settings, maker, errors, image_shape=(64, 64)).batches(first))
+        for index, batch in enumerate(batches, first):
+            batch["batch_index"] = index
+        return batches, errors.snapshot()
+
+    full, counts = stream_batches(0)
+    assert [b["key"] for b in full[:1]] == [[keys[5]] * 4]  # read ahead: the first good sample
+    assert full[1]["key"][1:] == keys[5:8] and full[1]["key"][0] in keys[5:8]
+    assert full[2]["key"] == keys[8:12]
+    assert counts["corrupt_image"] == 5 and counts["replaced_samples"] == 5
+    assert not torch.equal(full[0]["image"][0], full[0]["image"][1])  # each position its own augmentation
+    for first in (1, 2):
+        assert_same_batches(full[first:], stream_batches(first)[0])
 
 
 def test_shard_locations(coco, tmp_path):

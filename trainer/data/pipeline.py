@@ -5,8 +5,8 @@ Positions. Stream output position p (0 <= p < the stream's sample count) is the 
 after the seeded shuffle buffer. Its augmentation is seeded by (seed, epoch, global position),
 so it depends neither on the worker that runs it nor on timing. A training position whose
 sample is bad (corrupt jpg/json, missing member) or missing (truncated shard, short shard) is
-filled with another good sample from a small ring of recent raw samples (or, before any good
-one was seen, with the next good one), augmented with the position's own seed, and counted as
+filled with another good sample: from a small ring of recent raw samples or the good ones of
+its own batch (or, before any good one was seen, with the next good one), augmented with the position's own seed, and counted as
 `replaced_samples`: every rank keeps exactly its batch count (no DDP hang) and positions never
 shift, which is what makes resuming exact: a resume at batch b replays the raw reading and the
 shuffle buffer up to the position (cheap: no decode, no augmentation) and continues.
@@ -14,6 +14,7 @@ Evaluation never replaces: bad samples are skipped and counted (duplicates would
 """
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from dataclasses import dataclass
 from functools import partial
@@ -26,7 +27,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from .plan import AUGMENT, SHUFFLE, SampleRandom, StreamPlan, make_rng
 from .reader import REPLACED, ErrorCounter, RawSample, read_segments
-from .samples import BadSample, ImageAllocator, SampleMaker, collate
+from .samples import BadSample, ImageAllocator, Sample, SampleMaker
 from .transport import ImageSlots, to_wire
 from .sources import DataError
 
@@ -74,9 +75,11 @@ def raw_stream(plan: StreamPlan, settings: StreamSettings, stream: int, errors: 
 class TrainStream:
     """One training stream: exactly plan.num_samples positions, in batches.
 
+    A batch is made in three passes: read its raw samples, prepare them all (json, random
+    geometry), then render each image (decode, warp) into its row of the batch's image buffer.
     With `image_shape` (H, W) known in advance (the input size, or the largest stored crop when
-    the warp is on the device), each batch's image buffer is taken first (from `allocate`: a
-    worker's shared-memory slot) and every sample's image is made in its row: no stacking copy."""
+    the warp is on the device) that buffer is taken first, from `allocate` (a worker's
+    shared-memory slot), so no stacking copy follows."""
 
     def __init__(self, plan: StreamPlan, stream: int, settings: StreamSettings, maker: SampleMaker,
                  errors: ErrorCounter, allocate: Optional[ImageAllocator] = None,
@@ -84,88 +87,93 @@ class TrainStream:
         self.plan, self.stream, self.settings, self.maker, self.errors = plan, stream, settings, maker, errors
         self.allocate, self.image_shape = allocate, image_shape
         self.ring: deque[RawSample] = deque(maxlen=RING_SIZE)
-        self._batch: Optional[tuple[int, np.ndarray]] = None  # (batch number, its image buffer)
-
-    def _row(self, position: int) -> Optional[np.ndarray]:
-        """Where the image of `position` goes: its row of the current batch's buffer."""
-        if self._batch is None:
-            return None
-        number, images = self._batch
-        batch, row = divmod(position, self.settings.batch_size)
-        return images[row] if batch == number else None
-
-    def _make(self, raw: RawSample, position: int) -> dict[str, Any]:
-        return self.maker.make(raw, self._rng(position), self._row(position))
+        self.ahead: deque[RawSample] = deque()  # read early to fill a position (see _replacement)
 
     def _rng(self, position: int) -> SampleRandom:
         s = self.settings
         return SampleRandom(s.seed, s.epoch, AUGMENT, self.plan.first_position + position)
 
-    def _from_ring(self, position: int) -> Optional[dict[str, Any]]:
-        count = len(self.ring)
-        for attempt in range(count):
-            candidate = self.ring[(position + attempt) % count]
-            try:
-                return self._make(candidate, position)
-            except BadSample:
-                continue  # already counted when it was first seen
-        return None
-
-    def samples(self, first_position: int) -> Iterator[dict[str, Any]]:
-        """The samples at positions first_position, first_position + 1, ... in order."""
+    def batches(self, first_batch: int) -> Iterator[dict[str, Any]]:
+        """The stream's batches first_batch, first_batch + 1, ... (a resume reads and shuffles
+        the raw samples before them, without decoding)."""
+        size = self.settings.batch_size
         raw_items = raw_stream(self.plan, self.settings, self.stream, self.errors)
-        pending: list[int] = []  # positions waiting for the first good sample of the stream
-        for position in range(self.plan.num_samples):
+        for _ in range(first_batch * size):
             raw = next(raw_items, None)
-            if position < first_position:  # fast-forward: read and shuffle only
-                if raw is not None:
-                    self.ring.append(raw)
-                continue
-            sample = None
-            if raw is not None:
-                try:
-                    sample = self._make(raw, position)
-                except BadSample as err:
-                    self.errors.record(err.kind, str(err))
-            if sample is None:
-                sample = self._from_ring(position)
-                if sample is None:
-                    pending.append(position)
-                else:
-                    self.errors.record(REPLACED, f"position {position} of stream {self.stream} "
-                                       f"filled with another sample")
-            elif pending:
-                for waiting in pending:
-                    self.errors.record(REPLACED, f"position {waiting} filled with a later sample")
-                    yield self._make(raw, waiting)
-                pending.clear()
             if raw is not None:
                 self.ring.append(raw)
-            if sample is not None:
-                yield sample
-        if pending:
-            raise DataError(f"training stream {self.stream} of rank {self.settings.rank} found no "
-                            f"readable sample in its shards (epoch {self.settings.epoch}): see the "
-                            f"data errors logged above")
-
-    def batches(self, first_batch: int) -> Iterator[dict[str, Any]]:
-        size = self.settings.batch_size
-        samples = self.samples(first_batch * size)
         for number in range(first_batch, self.plan.num_samples // size):
             images = None
             if self.image_shape is not None:
                 shape = (size, *self.image_shape, 3)
                 images = self.allocate(shape) if self.allocate is not None else np.empty(shape, np.uint8)
-                self._batch = (number, images)
-            chunk = list(islice(samples, size))
-            yield collate(chunk, self.allocate, images)
-        self._batch = None
+            raws = [self.ahead.popleft() if self.ahead else next(raw_items, None) for _ in range(size)]
+            samples = self._batch_samples(number * size, raws, images, raw_items)
+            self.ring.extend(raw for raw in raws if raw is not None)
+            yield self.maker.collate(samples, self.allocate, images)
+
+    def _batch_samples(self, first: int, raws: list[Optional[RawSample]], images: Optional[np.ndarray],
+                       raw_items: Iterator[RawSample]) -> list[Sample]:
+        """The samples of positions first, first + 1, ...: `raws` where they are good, others
+        in place of the bad (counted) or missing (a short stream's tail) ones."""
+        samples: list[Optional[Sample]] = [None] * len(raws)
+        for i, raw in enumerate(raws):
+            if raw is not None:
+                try:
+                    samples[i] = self.maker.prepare(raw, self._rng(first + i))
+                except BadSample as err:
+                    self.errors.record(err.kind, str(err))
+        for i, sample in enumerate(samples):
+            if sample is not None:
+                try:
+                    self.maker.render(raws[i], sample, None if images is None else images[i])
+                except BadSample as err:
+                    self.errors.record(err.kind, str(err))
+                    samples[i] = None
+        if all(sample is not None for sample in samples):
+            return samples
+        good = [raw for raw, sample in zip(raws, samples) if sample is not None]
+        for i, sample in enumerate(samples):
+            if sample is None:
+                samples[i] = self._replacement(first + i, None if images is None else images[i], good, raw_items)
+        return samples
+
+    def _replacement(self, position: int, into: Optional[np.ndarray], good: list[RawSample],
+                     raw_items: Iterator[RawSample]) -> Sample:
+        """Another sample, augmented with this position's seed: from the recent raw samples
+        (the ring, then this batch's good ones), or before any good one was seen, the stream's
+        next good sample (read ahead; it is used at its own position too)."""
+        candidates = [*self.ring, *good]
+        for attempt in range(len(candidates)):
+            try:
+                sample = self.maker.make(candidates[(position + attempt) % len(candidates)], self._rng(position), into)
+            except BadSample:
+                continue  # already counted when it was first seen
+            self.errors.record(REPLACED, f"position {position} of stream {self.stream} filled with another sample")
+            return sample
+        # nothing readable yet in this stream: the next good raw sample after this batch, in
+        # stream order (what was already read ahead first: a resumed run scans the same sequence)
+        for index in itertools.count():
+            if index == len(self.ahead):
+                raw = next(raw_items, None)
+                if raw is None:
+                    raise DataError(f"training stream {self.stream} of rank {self.settings.rank} found no "
+                                    f"readable sample in its shards (epoch {self.settings.epoch}): see the "
+                                    f"data errors logged above")
+                self.ahead.append(raw)
+            try:
+                sample = self.maker.make(self.ahead[index], self._rng(position), into)
+            except BadSample:
+                continue  # counted when its own position comes
+            self.errors.record(REPLACED, f"position {position} of stream {self.stream} filled with a later sample")
+            return sample
+        raise AssertionError("unreachable")
 
 
 def eval_batches(plan: StreamPlan, stream: int, settings: StreamSettings, maker: SampleMaker,
                  errors: ErrorCounter, allocate: Optional[ImageAllocator] = None) -> Iterator[dict[str, Any]]:
     """Every readable sample of the plan once, unaugmented; bad ones skipped and counted."""
-    chunk: list[dict[str, Any]] = []
+    chunk: list[Sample] = []
     for raw in raw_stream(plan, settings, stream, errors):
         try:
             chunk.append(maker.make(raw, None))
@@ -173,10 +181,10 @@ def eval_batches(plan: StreamPlan, stream: int, settings: StreamSettings, maker:
             errors.record(err.kind, str(err))
             continue
         if len(chunk) == settings.batch_size:
-            yield collate(chunk, allocate)
+            yield maker.collate(chunk, allocate)
             chunk = []
     if chunk:
-        yield collate(chunk, allocate)
+        yield maker.collate(chunk, allocate)
 
 
 class PoseBatches(IterableDataset):
