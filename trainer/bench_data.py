@@ -37,7 +37,7 @@ from .data import build_train_loader, resolve_shards
 from .data.loader import batch_image_shape
 from .data.on_device import network_inputs
 from .data.pipeline import StreamSettings, TrainStream
-from .data.plan import AUGMENT, SampleRandom, StreamPlan, segments_in_range
+from .data.plan import StreamPlan, augmentation_draws, segments_in_range
 from .data.reader import ErrorCounter, read_segments
 from .data.samples import Record, Sample, SampleMaker, decode_image, decode_rgb, parse_record
 from .data.sources import DataError
@@ -63,15 +63,17 @@ def _coco_files(shard_dir: str, coco_root: Optional[str], split: str) -> tuple[s
                 candidates.append((os.path.join(coco_root, "annotations", name), os.path.join(coco_root, images)))
     if "annotations" in sources and "images_dir" in sources:
         candidates.append((sources["annotations"]["path"], sources["images_dir"]))
-    for annotations, images in candidates:
-        if os.path.isfile(annotations) and os.path.isdir(images):
-            return annotations, images
+    for annotation_file, images in candidates:
+        if os.path.isfile(annotation_file) and os.path.isdir(images):
+            return annotation_file, images
     raise DataError(f"no COCO annotations + images for split {split!r} under {coco_root!r} "
                     f"(nor in {shard_dir}/manifest.json sources)")
 
 
 class RawCocoLoader:
-    """What top-down frameworks do per person: imread the photo, augment, warp from it."""
+    """What top-down frameworks do per person: imread the photo, augment, warp from it. The
+    augmentation parameters come from the pipeline's own code (SampleMaker.prepare), for a batch
+    of people at once where the benchmark knows the batch (like the pipeline)."""
 
     def __init__(self, annotations: str, images_dir: str, config: Config, maker: SampleMaker) -> None:
         with open(annotations, encoding="utf-8") as f:
@@ -79,29 +81,30 @@ class RawCocoLoader:
         self.files = {im["id"]: os.path.join(images_dir, im["file_name"]) for im in data["images"]}
         self.pixels = {im["id"]: int(im["width"]) * int(im["height"]) for im in data["images"]}
         self.annotations = {a["id"]: a for a in data["annotations"]}
-        self.groups = transforms.half_body_groups(load_schema(config.data.schema).keypoint_names)
-        self.config, self.maker = config, maker  # the maker's collate makes (b)'s batches too
+        self.config, self.maker = config, maker  # a warp-in-worker maker: (b) warps per person
         self.scratch = transforms.Scratch()
 
     def photo_pixels(self, image_id: int) -> int:
         return self.pixels[image_id]
 
-    def sample(self, image_id: int, annotation_id: int, position: int) -> Sample:
-        with open(self.files[image_id], "rb") as f:
-            # the pipeline's own decoder and warp, with the same reused scratch memory
-            image = decode_rgb(f.read(), self.config.data.fast_idct, channels=4, scratch=self.scratch)
+    def _record(self, image_id: int, annotation_id: int) -> Record:
         annotation = self.annotations[annotation_id]
         keypoints = np.asarray(annotation["keypoints"], np.float64).reshape(-1, 3)
-        size = self.config.model.input_size
-        rng = SampleRandom(self.config.seed, 0, AUGMENT, position)
-        geometry = transforms.sample_geometry(rng, annotation["bbox"], keypoints[:, :2], keypoints[:, 2] > 0,
-                                              self.config.augment, size, self.groups)
-        matrix = transforms.crop_to_input_affine(geometry, size)
-        colour = transforms.colour_transform(rng, self.config.augment.colour_jitter)
-        record = Record(keypoints, annotation["bbox"], IDENTITY_AFFINE, image_id, annotation_id, 1.0, 0.0,
-                        float(annotation.get("area", 0.0)))
-        return Sample(str(annotation_id), record, matrix, geometry.flip, colour,
-                      transforms.warp_and_colour(image, matrix, size, colour, scratch=self.scratch))
+        return Record(keypoints, annotation["bbox"], IDENTITY_AFFINE, image_id, annotation_id, 1.0, 0.0,
+                      float(annotation.get("area", 0.0)))
+
+    def samples(self, people: list[tuple[int, int]], first_position: int) -> list[Sample]:
+        """The people at positions first_position, ...: parameters for all, then each photo."""
+        positions = range(first_position, first_position + len(people))
+        draws = augmentation_draws(self.config.seed, 0, positions, transforms.NUM_DRAWS)
+        prepared = self.maker.prepare([str(a) for _, a in people], [self._record(*p) for p in people], draws)
+        for (image_id, _), sample in zip(people, prepared):
+            with open(self.files[image_id], "rb") as f:
+                # the pipeline's own decoder and warp, with the same reused scratch memory
+                image = decode_rgb(f.read(), self.config.data.fast_idct, channels=4, scratch=self.scratch)
+            sample.image = transforms.warp_and_colour(image, sample.crop_to_input, self.maker.input_size,
+                                                      sample.colour, scratch=self.scratch)
+        return prepared
 
 
 IDENTITY_AFFINE = np.eye(2, 3)
@@ -153,7 +156,7 @@ def run_data_benchmark(shard_dir: str, coco_root: Optional[str], num_samples: in
     def raw() -> int:
         done, allocate = 0, reused_images()
         for start in range(0, len(people), batch):
-            chunk = [raw_loader.sample(i, a, start + k) for k, (i, a) in enumerate(people[start:start + batch])]
+            chunk = raw_loader.samples(people[start:start + batch], start)
             done += raw_loader.maker.collate(chunk, allocate)["image"].shape[0]
         return done
 
@@ -219,7 +222,7 @@ class _RawPeople(torch.utils.data.Dataset):
         return len(self.people)
 
     def __getitem__(self, index: int) -> Sample:
-        return self.raw_loader.sample(*self.people[index], index)
+        return self.raw_loader.samples([self.people[index]], index)[0]
 
 
 def _consume(batches: Any, skip: int = 1) -> float:

@@ -62,9 +62,8 @@ class Predictor:
 
     def _crop(self, image: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One person's network input (RGB HWC uint8) and its input -> image affine."""
-        geometry = transforms.sample_geometry(None, box, np.zeros((0, 2)), np.zeros(0, bool),
-                                              self.config.augment, self.input_size, None)
-        matrix = transforms.crop_to_input_affine(geometry, self.input_size)
+        geometry = transforms.sample_geometry(None, box, None, self.config.augment, self.input_size, None)
+        matrix = transforms.crop_to_input_affine(geometry, self.input_size)[0]
         warped = transforms.warp_image(image, matrix, self.input_size)
         return warped[:, :, ::-1], transforms.invert_affine(matrix)
 

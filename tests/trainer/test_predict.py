@@ -49,9 +49,8 @@ def test_keypoints_map_back_through_the_eval_affine(checkpoint, tmp_path):
     flipless = load_checkpoint_predictor(checkpoint, flip_test=False)
     mine = flipless._run(crop[None], to_image[None])[0]
     assert mine.shape == person["keypoints"].shape == (17, 3)
-    geometry = transforms.sample_geometry(None, box, np.zeros((0, 2)), np.zeros(0, bool),
-                                          predictor.config.augment, predictor.input_size, None)
-    centre_in = transforms.apply_affine(transforms.crop_to_input_affine(geometry, predictor.input_size),
+    geometry = transforms.sample_geometry(None, box, None, predictor.config.augment, predictor.input_size, None)
+    centre_in = transforms.apply_affine(transforms.crop_to_input_affine(geometry, predictor.input_size)[0],
                                         np.array([[45.0, 55.0]]))
     assert np.allclose(centre_in, [[31.5, 23.5]])  # box centre -> input centre ((w-1)/2, (h-1)/2)
     assert np.isfinite(person["keypoints"]).all() and person["score"] == pytest.approx(person["keypoints"][:, 2].mean())

@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .plan import AUGMENT, SHUFFLE, SampleRandom, StreamPlan, make_rng
+from .plan import SHUFFLE, StreamPlan, augmentation_draws, make_rng
 from .reader import REPLACED, ErrorCounter, RawSample, read_segments
+from ..transforms import NUM_DRAWS
 from .samples import BadSample, ImageAllocator, Sample, SampleMaker
 from .transport import ImageSlots, to_wire
 from .sources import DataError
@@ -89,9 +90,10 @@ class TrainStream:
         self.ring: deque[RawSample] = deque(maxlen=RING_SIZE)
         self.ahead: deque[RawSample] = deque()  # read early to fill a position (see _replacement)
 
-    def _rng(self, position: int) -> SampleRandom:
-        s = self.settings
-        return SampleRandom(s.seed, s.epoch, AUGMENT, self.plan.first_position + position)
+    def _draws(self, first: int, count: int) -> np.ndarray:
+        """The augmentation draws of stream positions first .. first + count - 1."""
+        start = self.plan.first_position + first
+        return augmentation_draws(self.settings.seed, self.settings.epoch, range(start, start + count), NUM_DRAWS)
 
     def batches(self, first_batch: int) -> Iterator[dict[str, Any]]:
         """The stream's batches first_batch, first_batch + 1, ... (a resume reads and shuffles
@@ -117,12 +119,18 @@ class TrainStream:
         """The samples of positions first, first + 1, ...: `raws` where they are good, others
         in place of the bad (counted) or missing (a short stream's tail) ones."""
         samples: list[Optional[Sample]] = [None] * len(raws)
+        parsed = []  # (index, raw, record) of the samples whose json is good
         for i, raw in enumerate(raws):
             if raw is not None:
                 try:
-                    samples[i] = self.maker.prepare(raw, self._rng(first + i))
+                    parsed.append((i, raw, self.maker.parse(raw)))
                 except BadSample as err:
                     self.errors.record(err.kind, str(err))
+        draws = self._draws(first, len(raws))
+        rows = [i for i, _, _ in parsed]
+        prepared = self.maker.prepare([raw.key for _, raw, _ in parsed], [record for _, _, record in parsed], draws[rows])
+        for i, sample in zip(rows, prepared):
+            samples[i] = sample
         for i, sample in enumerate(samples):
             if sample is not None:
                 try:
@@ -135,10 +143,11 @@ class TrainStream:
         good = [raw for raw, sample in zip(raws, samples) if sample is not None]
         for i, sample in enumerate(samples):
             if sample is None:
-                samples[i] = self._replacement(first + i, None if images is None else images[i], good, raw_items)
+                samples[i] = self._replacement(first + i, draws[i], None if images is None else images[i], good,
+                                               raw_items)
         return samples
 
-    def _replacement(self, position: int, into: Optional[np.ndarray], good: list[RawSample],
+    def _replacement(self, position: int, draws: np.ndarray, into: Optional[np.ndarray], good: list[RawSample],
                      raw_items: Iterator[RawSample]) -> Sample:
         """Another sample, augmented with this position's seed: from the recent raw samples
         (the ring, then this batch's good ones), or before any good one was seen, the stream's
@@ -146,7 +155,7 @@ class TrainStream:
         candidates = [*self.ring, *good]
         for attempt in range(len(candidates)):
             try:
-                sample = self.maker.make(candidates[(position + attempt) % len(candidates)], self._rng(position), into)
+                sample = self.maker.make(candidates[(position + attempt) % len(candidates)], draws, into)
             except BadSample:
                 continue  # already counted when it was first seen
             self.errors.record(REPLACED, f"position {position} of stream {self.stream} filled with another sample")
@@ -162,7 +171,7 @@ class TrainStream:
                                     f"data errors logged above")
                 self.ahead.append(raw)
             try:
-                sample = self.maker.make(self.ahead[index], self._rng(position), into)
+                sample = self.maker.make(self.ahead[index], draws, into)
             except BadSample:
                 continue  # counted when its own position comes
             self.errors.record(REPLACED, f"position {position} of stream {self.stream} filled with a later sample")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import logging
 import lzma
 import time
@@ -72,6 +73,9 @@ class RawSample:
 
 
 BLOCK = 512
+_ZERO_BLOCK = bytes(BLOCK)
+# read buffer of shard files and pipes: a sample's members in a few large reads, not many 8 KiB ones
+READ_BUFFER = 1 << 20
 _REGULAR = (b"0", b"\0", b"7")  # file, old-style file, contiguous file
 _META = (b"L", b"K", b"x", b"g")  # GNU long name / link, pax extended / global header
 _COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\xfd7zXZ\x00": "xz"}
@@ -138,6 +142,10 @@ def uncompressed(stream):
     """The stream itself, or a decompressing view of it for .tar.gz / .tar.bz2 / .tar.xz shards
     (recognised by their magic bytes, as tarfile's "r|*" did)."""
     head = stream.read(6)
+    seekable = getattr(stream, "seekable", lambda: False)()
+    if seekable and not any(head.startswith(magic) for magic in _COMPRESSED):
+        stream.seek(-len(head), io.SEEK_CUR)  # a local tar: read directly, no wrapper in the way
+        return stream
     wrapped = _Prefixed(head, stream)
     for magic, kind in _COMPRESSED.items():
         if head.startswith(magic):
@@ -167,17 +175,17 @@ def tar_members(stream) -> Iterator[tuple[str, bytes]]:
     pax: dict[str, str] = {}
     while True:
         header = stream.read(BLOCK)
-        if not header or header == bytes(BLOCK):
+        if not header or header == _ZERO_BLOCK:
             return
         if len(header) < BLOCK:
             header += _read_exactly(stream, BLOCK - len(header))
         _check_header(header)
         kind = header[156:157]
         size = int(pax["size"]) if "size" in pax and kind not in _META else _number(header[124:136])
-        data = _read_exactly(stream, size)
-        padding = -size % BLOCK
-        if padding:
-            _read_exactly(stream, padding)
+        padded = size + -size % BLOCK
+        data = _read_exactly(stream, padded)  # data and padding in one read
+        if padded != size:
+            data = data[:size]
         if kind in _REGULAR:
             name = pax.get("path") or long_name
             if name is None:
@@ -207,7 +215,7 @@ def _split_name(name: str) -> tuple[str, str]:
 def _grouped(url: str, errors: ErrorCounter) -> Iterator[RawSample]:
     """Samples of one shard; stops quietly at the end, or counted at an unreadable/truncated one."""
     try:
-        stream = gopen(url, "rb")
+        stream = gopen(url, "rb", bufsize=READ_BUFFER)
     except Exception as err:  # missing file, failed command, network: one shard lost, keep going
         errors.record(UNREADABLE_SHARD, f"{url}: {err}")
         return

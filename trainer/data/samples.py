@@ -122,11 +122,11 @@ class Sample:
 
 
 class SampleMaker:
-    """Turns raw samples into augmented (or plain, for eval) network inputs + metadata, in two
-    steps a stream runs batch by batch: `prepare` (json + random geometry) for all the samples
-    of a batch, then `render` (decode + warp) for each; the small-object work of the first loop
-    stays in the CPU caches that each JPEG decode would otherwise flush (measured: 250 -> 110 us
-    a sample beyond the decode itself, on 384 px crops)."""
+    """Turns raw samples into augmented (or plain, for eval) network inputs + metadata, in steps
+    a stream runs batch by batch: `parse` each sample's json, `prepare` the augmentation
+    parameters of the whole batch at once (numpy over the batch), `render` each image (decode,
+    warp) into its row, `collate`. Each sample's draws (its row of data.plan.augmentation_draws)
+    fix its augmentation, so a sample comes out the same alone or in any batch."""
 
     def __init__(self, input_size: Sequence[int], augment: Optional[AugmentConfig],
                  flip_permutation: Sequence[int], keypoint_names: Sequence[str],
@@ -146,18 +146,24 @@ class SampleMaker:
         parse_record(raw, self.num_keypoints)
         decode_image(raw, self.fast_idct)
 
-    def prepare(self, raw: RawSample, rng: Optional[transforms.RandomSource]) -> Sample:
-        """The sample's record and augmentation parameters (no pixels yet); rng=None or an
-        evaluation maker: the plain geometry."""
-        record = parse_record(raw, self.num_keypoints)
-        train = self.train and rng is not None
-        geometry = transforms.sample_geometry(rng if train else None, record.bbox, record.keypoints[:, :2],
-                                              record.keypoints[:, 2] > 0, self.augment, self.input_size,
-                                              self.groups)
-        colour = (transforms.colour_transform(rng, self.augment.colour_jitter) if train
-                  else transforms.NO_COLOUR_CHANGE)
-        return Sample(raw.key, record, transforms.crop_to_input_affine(geometry, self.input_size),
-                      geometry.flip, colour)
+    def parse(self, raw: RawSample) -> Record:
+        return parse_record(raw, self.num_keypoints)
+
+    def prepare(self, keys: Sequence[str], records: Sequence[Record], draws: Optional[np.ndarray]) -> list[Sample]:
+        """The samples' augmentation parameters (no pixels yet) from their draws [N, NUM_DRAWS];
+        draws=None or an evaluation maker: the plain geometry."""
+        if not records:
+            return []
+        draws = draws if self.train else None
+        geometry = transforms.sample_geometry(draws, np.array([r.bbox for r in records]),
+                                              np.array([r.keypoints for r in records]), self.augment,
+                                              self.input_size, self.groups)
+        matrices = transforms.crop_to_input_affine(geometry, self.input_size)
+        colours = (np.broadcast_to(transforms.NO_COLOUR_CHANGE, (len(records), 3, 4)) if draws is None
+                   else transforms.colour_transform(draws, self.augment.colour_jitter))
+        flips = geometry.flip.tolist()
+        return [Sample(key, record, matrices[i], flips[i], colours[i])
+                for i, (key, record) in enumerate(zip(keys, records))]
 
     def render(self, raw: RawSample, sample: Sample, into: Optional[np.ndarray] = None) -> Sample:
         """Decode (and, unless the device does it, warp) the image; it is written into `into`
@@ -174,10 +180,10 @@ class SampleMaker:
         sample.image = image
         return sample
 
-    def make(self, raw: RawSample, rng: Optional[transforms.RandomSource],
-             into: Optional[np.ndarray] = None) -> Sample:
-        """prepare + render of one sample."""
-        return self.render(raw, self.prepare(raw, rng), into)
+    def make(self, raw: RawSample, draws: Optional[np.ndarray], into: Optional[np.ndarray] = None) -> Sample:
+        """parse + prepare + render of one sample; `draws`: its [NUM_DRAWS] row (None: plain)."""
+        record = self.parse(raw)
+        return self.render(raw, self.prepare([raw.key], [record], None if draws is None else draws[None])[0], into)
 
     def collate(self, samples: list[Sample], allocate: Optional[ImageAllocator] = None,
                 images: Optional[np.ndarray] = None) -> dict[str, Any]:
