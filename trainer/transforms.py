@@ -155,9 +155,12 @@ def crop_to_input_affine(geometry: Geometry, input_size: Sequence[int]) -> np.nd
     cx, cy = geometry.center[:, 0], geometry.center[:, 1]
     tx = (width - 1) / 2.0 - (cos * cx + sin * cy)
     ty = (height - 1) / 2.0 - (-sin * cx + cos * cy)
+    matrices = np.empty((len(cx), 2, 3))
     mirror = np.where(geometry.flip, -1.0, 1.0)  # flip: x -> W - 1 - x after the rest
-    return np.stack([np.stack([mirror * cos, mirror * sin, np.where(geometry.flip, width - 1 - tx, tx)], 1),
-                     np.stack([-sin, cos, ty], 1)], 1)
+    matrices[:, 0, 0], matrices[:, 0, 1] = mirror * cos, mirror * sin
+    matrices[:, 0, 2] = np.where(geometry.flip, width - 1 - tx, tx)
+    matrices[:, 1, 0], matrices[:, 1, 1], matrices[:, 1, 2] = -sin, cos, ty
+    return matrices
 
 
 def invert_affine(matrix: np.ndarray) -> np.ndarray:
@@ -262,6 +265,7 @@ def map_keypoints(keypoints: np.ndarray, matrices: np.ndarray, flips: np.ndarray
 # ITU-R 601 luma weights of R, G, B (images are RGB from the decoder on)
 GREY_WEIGHTS = np.array([0.299, 0.587, 0.114])
 NO_COLOUR_CHANGE = np.hstack([np.eye(3), np.zeros((3, 1))]).astype(np.float32)
+_EYE3 = np.eye(3)
 
 
 def colour_transform(draws: np.ndarray, amplitude: float) -> np.ndarray:
@@ -272,12 +276,11 @@ def colour_transform(draws: np.ndarray, amplitude: float) -> np.ndarray:
     training device, where the mean of the warped image is at hand). a = 0: no change."""
     if amplitude <= 0:
         return np.repeat(NO_COLOUR_CHANGE[None], len(draws), axis=0)
-    factors = 1 - amplitude + 2 * amplitude * np.asarray(draws, np.float64)[:, [BRIGHTNESS, CONTRAST, SATURATION]]
-    brightness, contrast, saturation = factors[:, 0], factors[:, 1], factors[:, 2]
+    factors = 1 - amplitude + 2 * amplitude * np.asarray(draws, np.float64)[:, BRIGHTNESS:SATURATION + 1]
+    brightness, contrast, saturation = factors.T
     # x1 = b c x + (1 - c) b mean;  out = s x1 + (1 - s) grey(x1), and grey(mean) = mean
     scale = brightness * contrast
     matrices = np.empty((len(factors), 3, 4))
-    matrices[:, :, :3] = (scale * (1 - saturation))[:, None, None] * GREY_WEIGHTS[None, None, :]
-    matrices[:, [0, 1, 2], [0, 1, 2]] += (scale * saturation)[:, None]
+    matrices[:, :, :3] = (scale * (1 - saturation))[:, None, None] * GREY_WEIGHTS + (scale * saturation)[:, None, None] * _EYE3
     matrices[:, :, 3] = ((1 - contrast) * brightness)[:, None]
     return matrices.astype(np.float32)
