@@ -126,7 +126,8 @@ class SampleMaker:
     a stream runs batch by batch: `parse` each sample's json, `prepare` the augmentation
     parameters of the whole batch at once (numpy over the batch), `render` each image (decode,
     warp) into its row, `collate`. Each sample's draws (its row of data.plan.augmentation_draws)
-    fix its augmentation, so a sample comes out the same alone or in any batch."""
+    fix its augmentation, so a sample comes out the same alone or in any batch. Sample by sample,
+    the same work between JPEG decodes (which flush the CPU caches) cost 3-4x more."""
 
     def __init__(self, input_size: Sequence[int], augment: Optional[AugmentConfig],
                  flip_permutation: Sequence[int], keypoint_names: Sequence[str],
