@@ -281,6 +281,7 @@ def colour_transform(draws: np.ndarray, amplitude: float) -> np.ndarray:
     # x1 = b c x + (1 - c) b mean;  out = s x1 + (1 - s) grey(x1), and grey(mean) = mean
     scale = brightness * contrast
     matrices = np.empty((len(factors), 3, 4))
-    matrices[:, :, :3] = (scale * (1 - saturation))[:, None, None] * GREY_WEIGHTS + (scale * saturation)[:, None, None] * _EYE3
+    grey, own = scale * (1 - saturation), scale * saturation
+    matrices[:, :, :3] = grey[:, None, None] * GREY_WEIGHTS + own[:, None, None] * _EYE3
     matrices[:, :, 3] = ((1 - contrast) * brightness)[:, None]
     return matrices.astype(np.float32)

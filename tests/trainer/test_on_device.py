@@ -46,8 +46,9 @@ def test_device_warp_matches_the_worker_warp():
     augment = AugmentConfig(rotation_prob=1.0, shift_prob=1.0, flip_prob=0.5, colour_jitter=0.3)
     in_worker, on_device = _makers(augment)
     raws = [_textured_crop(side, seed) for seed, side in enumerate((384, 200, 300, 384, 96, 250))]
-    worker = in_worker.collate([in_worker.make(raw, make_rng(5, 0, 3, i).random(NUM_DRAWS)) for i, raw in enumerate(raws)])
-    device = on_device.collate([on_device.make(raw, make_rng(5, 0, 3, i).random(NUM_DRAWS)) for i, raw in enumerate(raws)])
+    draws = [make_rng(5, 0, 3, i).random(NUM_DRAWS) for i in range(len(raws))]
+    worker = in_worker.collate([in_worker.make(raw, d) for raw, d in zip(raws, draws)])
+    device = on_device.collate([on_device.make(raw, d) for raw, d in zip(raws, draws)])
     assert "warp" not in worker and device["image"].shape == (6, 384, 384, 3)  # crops, padded
     assert worker["flipped"].any() and not worker["flipped"].all()
     for name in ("keypoints", "weights", "input_to_image", "flipped"):
@@ -77,8 +78,9 @@ def test_network_inputs_normalise_both_kinds_of_batch():
     in_worker, on_device = _makers(AugmentConfig(colour_jitter=0.0, rotation_prob=0.0, scale_prob=0.0,
                                                  shift_prob=0.0, flip_prob=0.0, half_body_prob=0.0))
     raw = _textured_crop(300, 3)
-    worker = network_inputs(in_worker.collate([in_worker.make(raw, make_rng(0).random(NUM_DRAWS))]), "cpu", INPUT, channels_last=True)
-    device = network_inputs(on_device.collate([on_device.make(raw, make_rng(0).random(NUM_DRAWS))]), "cpu", INPUT, channels_last=True)
+    draws = make_rng(0).random(NUM_DRAWS)
+    worker = network_inputs(in_worker.collate([in_worker.make(raw, draws)]), "cpu", INPUT, channels_last=True)
+    device = network_inputs(on_device.collate([on_device.make(raw, draws)]), "cpu", INPUT, channels_last=True)
     assert worker.shape == device.shape == (1, 3, INPUT[1], INPUT[0])
     assert device.is_contiguous(memory_format=torch.channels_last)
     assert (worker - device).abs().mean() < 0.5 / 0.224 / 255  # same as above, in normalised units

@@ -5,9 +5,9 @@ Positions. Stream output position p (0 <= p < the stream's sample count) is the 
 after the seeded shuffle buffer. Its augmentation is seeded by (seed, epoch, global position),
 so it depends neither on the worker that runs it nor on timing. A training position whose
 sample is bad (corrupt jpg/json, missing member) or missing (truncated shard, short shard) is
-filled with another good sample: from a small ring of recent raw samples or the good ones of
-its own batch (or, before any good one was seen, with the next good one), augmented with the position's own seed, and counted as
-`replaced_samples`: every rank keeps exactly its batch count (no DDP hang) and positions never
+filled with another good sample (from a small ring of recent raw samples or the good ones of
+its own batch; before any good one was seen, the next good one), augmented with the position's
+own seed, and counted as `replaced_samples`: every rank keeps exactly its batch count (no DDP hang) and positions never
 shift, which is what makes resuming exact: a resume at batch b replays the raw reading and the
 shuffle buffer up to the position (cheap: no decode, no augmentation) and continues.
 Evaluation never replaces: bad samples are skipped and counted (duplicates would bias AP).
@@ -80,8 +80,8 @@ def raw_stream(plan: StreamPlan, settings: StreamSettings, stream: int, errors: 
 class TrainStream:
     """One training stream: exactly plan.num_samples positions, in batches.
 
-    A batch is made in three passes: read its raw samples, prepare them all (json, random
-    geometry), then render each image (decode, warp) into its row of the batch's image buffer.
+    A batch is made in passes: read its raw samples, parse their json, prepare the parameters of
+    all at once, then render each image (decode, warp) into its row of the batch's image buffer.
     With `image_shape` (H, W) known in advance (the input size, or the largest stored crop when
     the warp is on the device) that buffer is taken first, from `allocate` (a worker's
     shared-memory slot), so no stacking copy follows."""
@@ -132,8 +132,8 @@ class TrainStream:
                     self.errors.record(err.kind, str(err))
         draws = self._draws(first, len(raws))
         rows = [i for i, _, _ in parsed]
-        prepared = self.maker.prepare([raw.key for _, raw, _ in parsed], [record for _, _, record in parsed], draws[rows])
-        for i, sample in zip(rows, prepared):
+        keys, records = [raw.key for _, raw, _ in parsed], [record for _, _, record in parsed]
+        for i, sample in zip(rows, self.maker.prepare(keys, records, draws[rows])):
             samples[i] = sample
         for i, sample in enumerate(samples):
             if sample is not None:
@@ -185,17 +185,28 @@ class TrainStream:
 
 def eval_batches(plan: StreamPlan, stream: int, settings: StreamSettings, maker: SampleMaker,
                  errors: ErrorCounter, allocate: Optional[ImageAllocator] = None) -> Iterator[dict[str, Any]]:
-    """Every readable sample of the plan once, unaugmented; bad ones skipped and counted."""
+    """Every readable sample of the plan once, unaugmented; bad ones skipped and counted. Made
+    in the same passes as training batches, a batch's worth of raw samples at a time."""
+    size = settings.batch_size
+    raw_items = raw_stream(plan, settings, stream, errors)
     chunk: list[Sample] = []
-    for raw in raw_stream(plan, settings, stream, errors):
-        try:
-            chunk.append(maker.make(raw, None))
-        except BadSample as err:
-            errors.record(err.kind, str(err))
-            continue
-        if len(chunk) == settings.batch_size:
-            yield maker.collate(chunk, allocate)
-            chunk = []
+    while raws := list(islice(raw_items, size)):
+        parsed = []
+        for raw in raws:
+            try:
+                parsed.append((raw, maker.parse(raw)))
+            except BadSample as err:
+                errors.record(err.kind, str(err))
+        for (raw, _), sample in zip(parsed, maker.prepare([raw.key for raw, _ in parsed],
+                                                          [record for _, record in parsed], None)):
+            try:
+                chunk.append(maker.render(raw, sample))
+            except BadSample as err:
+                errors.record(err.kind, str(err))
+                continue
+            if len(chunk) == size:
+                yield maker.collate(chunk, allocate)
+                chunk = []
     if chunk:
         yield maker.collate(chunk, allocate)
 
