@@ -49,6 +49,15 @@ COCO_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "
 # Running the commands
 
 
+# How far two evaluations of the same weights may place a keypoint. Not bit-identical: the
+# training evaluation ran its samples in other batches (2 ranks), fp32 convolutions sum in an order
+# that depends on the batch shape, and these briefly trained models have nearly flat heatmaps,
+# whose sub-pixel refinement magnifies the last bits: measured up to 0.012 image px (median 0 over
+# 714 coordinates) while the peak scores agree to 1e-8. A heatmap pixel is 4-8 image px here;
+# wrong or unconsolidated weights move keypoints by pixels and change the scores.
+SAME_WEIGHTS_PX = 0.05
+SAME_WEIGHTS_SCORE = 1e-5
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -268,7 +277,8 @@ def test_eval_cli_on_a_checkpoint_and_on_the_trainers_coco_results(plain_run: Ru
     theirs = predictions_by_key(plain_run.output_dir / "eval" / f"predictions_{TOTAL_STEPS:08d}.json")
     assert ours.keys() == theirs.keys()
     for key in ours:
-        np.testing.assert_allclose(ours[key], theirs[key], atol=1e-3, err_msg=key)
+        np.testing.assert_allclose(ours[key][:, :2], theirs[key][:, :2], atol=SAME_WEIGHTS_PX, err_msg=key)
+        np.testing.assert_allclose(ours[key][:, 2], theirs[key][:, 2], atol=SAME_WEIGHTS_SCORE, err_msg=key)
 
     # The trainer's COCO results file scores the same through `eval --predictions`.
     results = plain_run.output_dir / "eval" / f"predictions_{TOTAL_STEPS:08d}.coco_results.json"
@@ -379,7 +389,8 @@ def test_deepspeed_trains_evaluates_and_exports(zero_run: Run, plain_run: Run, s
     theirs = predictions_by_key(zero_run.output_dir / "eval" / "predictions_00000004.json")
     assert ours.keys() == theirs.keys()
     for key in ours:
-        np.testing.assert_allclose(ours[key], theirs[key], atol=1e-3, err_msg=key)
+        np.testing.assert_allclose(ours[key][:, :2], theirs[key][:, :2], atol=SAME_WEIGHTS_PX, err_msg=key)
+        np.testing.assert_allclose(ours[key][:, 2], theirs[key][:, 2], atol=SAME_WEIGHTS_SCORE, err_msg=key)
 
 
 # ---------------------------------------------------------------------------------------------
