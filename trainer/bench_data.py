@@ -38,8 +38,8 @@ from .data.loader import batch_image_shape
 from .data.on_device import network_inputs
 from .data.pipeline import StreamSettings, TrainStream
 from .data.plan import StreamPlan, augmentation_draws, segments_in_range
-from .data.reader import ErrorCounter, read_segments
-from .data.samples import Record, Sample, SampleMaker, decode_image, decode_rgb, parse_record
+from .data.reader import ErrorCounter, RawSample, read_segments
+from .data.samples import Record, Sample, SampleMaker, decode_image, parse_record
 from .data.sources import DataError
 
 
@@ -82,7 +82,6 @@ class RawCocoLoader:
         self.pixels = {im["id"]: int(im["width"]) * int(im["height"]) for im in data["images"]}
         self.annotations = {a["id"]: a for a in data["annotations"]}
         self.config, self.maker = config, maker  # a warp-in-worker maker: (b) warps per person
-        self.scratch = transforms.Scratch()
 
     def photo_pixels(self, image_id: int) -> int:
         return self.pixels[image_id]
@@ -99,11 +98,8 @@ class RawCocoLoader:
         draws = augmentation_draws(self.config.seed, 0, positions, transforms.NUM_DRAWS)
         prepared = self.maker.prepare([str(a) for _, a in people], [self._record(*p) for p in people], draws)
         for (image_id, _), sample in zip(people, prepared):
-            with open(self.files[image_id], "rb") as f:
-                # the pipeline's own decoder and warp, with the same reused scratch memory
-                image = decode_rgb(f.read(), self.config.data.fast_idct, channels=4, scratch=self.scratch)
-            sample.image = transforms.warp_and_colour(image, sample.crop_to_input, self.maker.input_size,
-                                                      sample.colour, scratch=self.scratch)
+            with open(self.files[image_id], "rb") as f:  # the whole photo, rendered as the pipeline renders a crop
+                self.maker.render(RawSample(sample.key, {"jpg": f.read()}, self.files[image_id]), sample)
         return prepared
 
 

@@ -250,9 +250,8 @@ def _put(row: np.ndarray, image: np.ndarray) -> np.ndarray:
 def _fill_batch(batch: np.ndarray, images: list[np.ndarray]) -> np.ndarray:
     """Each image into its row of `batch`, unless it was made there."""
     for i, image in enumerate(images):
-        row = batch[i]
-        if image is not row and not _same_memory(image, row):
-            _put(row, image)
+        if not _same_memory(image, batch[i]):
+            _put(batch[i], image)
     return batch
 
 
