@@ -1,4 +1,4 @@
-"""python -m shards {coco, mpii, synth, verify, inspect}: see docs/shards.md."""
+"""python -m shards {coco, mpii, synth, manifest, verify, inspect}: see docs/shards.md."""
 from __future__ import annotations
 
 import argparse
@@ -45,6 +45,13 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--difficulty", default="medium", help="easy, medium, hard or a number in [0, 1]")
     synth.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    manifest = sub.add_parser("manifest", help="count and checksum tars written elsewhere (e.g. by "
+                              "webdataset.ShardWriter) and write their manifest.json")
+    manifest.add_argument("dir")
+    manifest.add_argument("--schema", required=True, help="coco17, mpii16 or a YAML file")
+    manifest.add_argument("--pattern", default="*.tar", help="which files of DIR are shards (a glob)")
+    manifest.add_argument("--dataset", default="custom")
+    manifest.add_argument("--split", default="train")
     verify = sub.add_parser("verify", help="decode every sample, check it against the manifest")
     verify.add_argument("dir")
     inspect = sub.add_parser("inspect", help="contact sheet PNG of samples with skeletons")
@@ -103,6 +110,16 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _catalog(args: argparse.Namespace) -> int:
+    from .catalog import catalog
+    from .schema import load_schema
+
+    manifest = catalog(args.dir, load_schema(args.schema), args.pattern, args.dataset, args.split)
+    print(f"{args.dir}: {manifest['num_samples']} samples in {manifest['num_shards']} shards; "
+          f"manifest.json written")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -110,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
             return _write(args)
         if args.command == "synth":
             return _synth(args)
+        if args.command == "manifest":
+            return _catalog(args)
         if args.command == "verify":
             from .verify import verify
             problems = verify(args.dir)

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import json
 import os
-import tarfile
 from collections import defaultdict
 
 import cv2
 import numpy as np
 
 from .manifest import manifest_schema, read_manifest, sha256_file
+from .reading import iter_samples
 from .schema import KeypointSchema
 
 REQUIRED = ("keypoints", "bbox", "crop_to_image", "image_id", "annotation_id", "image_size", "area")
@@ -55,19 +55,15 @@ def _check_shard(path: str, entry: dict, schema: KeypointSchema) -> tuple[list[s
         problems.append(f"{entry['name']}: sha256 differs from the manifest")
     samples: dict[str, dict[str, bytes]] = defaultdict(dict)
     order: list[str] = []
-    try:
-        with tarfile.open(path, "r") as tar:
-            for member in tar:
-                if member.name.startswith("/") or ".." in member.name.split("/"):
-                    problems.append(f"{entry['name']}: member {member.name!r} has an unsafe path (absolute "
-                                    f"or with '..'): never extract this shard with tar")
-                    continue
-                key, _, ext = member.name.partition(".")
-                if key not in samples:
-                    order.append(key)
-                samples[key][ext] = tar.extractfile(member).read()
-    except (tarfile.TarError, OSError, EOFError) as e:
-        problems.append(f"{entry['name']}: unreadable tar ({e})")
+    for sample in iter_samples(path, lambda kind, detail: problems.append(f"{entry['name']}: {kind}: {detail}")):
+        key = sample["__key__"]
+        if key.startswith("/") or ".." in key.split("/"):
+            problems.append(f"{entry['name']}: sample {key!r} has an unsafe path (absolute or with '..'): "
+                            f"never extract this shard with tar")
+            continue
+        if key not in samples:
+            order.append(key)
+        samples[key].update((ext, data) for ext, data in sample.items() if not ext.startswith("__"))
     for key in order:
         problems += _check_sample(key, samples[key], schema)
     if len(order) != entry["samples"]:

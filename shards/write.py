@@ -2,7 +2,8 @@
 
 Records are ordered by (image_id, annotation_id) and record i goes to shard
 i // samples_per_shard, so the output does not depend on the number of workers. Each shard is
-written as NNNNNN.tar.tmp-<pid>, fsynced and renamed; a sidecar in .progress/ (written after the
+written by webdataset's TarWriter onto NNNNNN.tar.tmp-<pid> (fixed metadata: reruns are
+byte-identical), fsynced and renamed (ShardWriter writes straight to the final name); a sidecar in .progress/ (written after the
 tar) records its checksum and a fingerprint of its inputs, so a re-run skips shards that are
 complete and unchanged. manifest.json is removed at the start and written at the very end.
 """
@@ -15,13 +16,13 @@ import json
 import multiprocessing as mp
 import os
 import sys
-import tarfile
 import time
 from collections import Counter
 from typing import Any, Callable, Iterable
 
 import cv2
 from tqdm import tqdm
+from webdataset import TarWriter
 
 from .crop import CropSettings, box_outside_image, crop_person
 from .errors import ShardError
@@ -39,7 +40,7 @@ def shard_name(index: int) -> str:
 
 
 class _HashingWriter(io.RawIOBase):
-    """File wrapper that hashes and counts what tarfile writes (no second read of the shard)."""
+    """File wrapper that hashes and counts what the writer writes (no second read of the shard)."""
 
     def __init__(self, f):
         self.f, self.sha, self.nbytes = f, hashlib.sha256(), 0
@@ -51,12 +52,6 @@ class _HashingWriter(io.RawIOBase):
         self.sha.update(b)
         self.nbytes += len(b)
         return self.f.write(b)
-
-
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o444  # fixed metadata: byte-identical reruns
-    tar.addfile(info, io.BytesIO(data))
 
 
 def _sample_json(rec: dict, crop, image_size: tuple[int, int], split: str, schema: str) -> dict:
@@ -95,7 +90,8 @@ def _write_shard_via(task: dict, tmp: str) -> dict:
     count = 0
     with open(tmp, "wb") as raw:
         hasher = _HashingWriter(raw)
-        with tarfile.open(fileobj=hasher, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
+        # fixed metadata and no encoder (the members are bytes already): byte-identical reruns
+        with TarWriter(hasher, user="", group="", mode=0o444, mtime=0, encoder=False, compress=False) as tar:
             for rec in task["records"]:
                 key = f"{rec['dataset']}-{rec['image_id']}-{rec['annotation_id']}"
                 if rec["image_path"] != cached_path:  # records are grouped by image: decode once
@@ -113,8 +109,8 @@ def _write_shard_via(task: dict, tmp: str) -> dict:
                     continue
                 crop = crop_person(image, rec["bbox"], rec["keypoints"], settings)
                 meta = _sample_json(rec, crop, (image.shape[1], image.shape[0]), task["split"], task["schema"])
-                _add_member(tar, f"{key}.jpg", crop.jpeg)
-                _add_member(tar, f"{key}.json", json.dumps(meta, separators=(",", ":")).encode())
+                tar.write({"__key__": key, "jpg": crop.jpeg,
+                           "json": json.dumps(meta, separators=(",", ":")).encode()})
                 count += 1
         raw.flush()
         os.fsync(raw.fileno())
