@@ -55,9 +55,12 @@ class Bounded(io.RawIOBase):
 
     EMPTY_READS_ALLOWED = 2
 
-    def __init__(self, stream, limit: int) -> None:
+    def __init__(self, stream, limit: int, url: str = "") -> None:
         super().__init__()
-        self.stream, self.limit, self.used, self.empty_reads = stream, limit, 0, 0
+        self.stream, self.limit, self.url, self.used, self.empty_reads = stream, limit, url, 0, 0
+
+    def __repr__(self) -> str:  # webdataset appends "@ <stream>" to the errors it passes on
+        return self.url
 
     def readable(self) -> bool:
         return True
@@ -154,7 +157,7 @@ def iter_samples(url: str, on_error: OnError, max_member_bytes: int = MAX_MEMBER
         return
     try:
         try:
-            bounded = Bounded(plain_tar(stream), max_member_bytes)
+            bounded = Bounded(plain_tar(stream), max_member_bytes, url)
         except ShardLimitError as error:
             on_error(OVERSIZED_MEMBER, f"{url}: {error}")
             return
@@ -163,7 +166,7 @@ def iter_samples(url: str, on_error: OnError, max_member_bytes: int = MAX_MEMBER
             return
 
         def stop_shard(error: Exception) -> bool:  # handler: report, then end this shard
-            on_error(_kind(error), f"{url}: {error.args[0] if error.args else error!r}; rest of the shard skipped")
+            on_error(_kind(error), f"{error.args[0] if error.args else error!r}; rest of the shard skipped")
             return False
 
         def drop_member(error: Exception) -> bool:  # handler: report, keep going
