@@ -23,7 +23,7 @@ import io
 import lzma
 from typing import Callable, Iterator, Optional
 
-from webdataset import gopen as wds_gopen
+from webdataset.gopen import gopen
 from webdataset import tariterators
 
 # error kinds reported through `on_error` (also the trainer's counter names)
@@ -129,7 +129,7 @@ def open_shard(url: str):
     """A local path with a large read buffer; anything else (pipe:, http(s), ...) through gopen."""
     if "://" not in url and not url.startswith("pipe:"):
         return open(url, "rb", buffering=READ_BUFFER)
-    return wds_gopen.gopen(url, "rb", bufsize=READ_BUFFER)
+    return gopen(url, "rb", bufsize=READ_BUFFER)
 
 
 def _kind(error: BaseException) -> str:
