@@ -62,15 +62,23 @@ def read_manifest(directory: str) -> dict[str, Any]:
             f"{directory} has no {MANIFEST_NAME}: preprocessing did not finish; re-run "
             "`python -m shards coco|mpii|synth ... --out` into the same directory to complete it")
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError) as e:
+        with open(path, "rb") as f:
+            return parse_manifest(f.read(), path)
+    except OSError as e:
         raise ShardError(f"{path}: unreadable manifest ({e})") from None
+
+
+def parse_manifest(text: bytes, where: str) -> dict[str, Any]:
+    """A manifest's json, checked (a local file or one fetched from next to remote shards)."""
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise ShardError(f"{where}: unreadable manifest ({e})") from None
     if not isinstance(data, dict) or "shards" not in data:
-        raise ShardError(f"{path}: field 'shards' missing: not a shard-set manifest")
+        raise ShardError(f"{where}: field 'shards' missing: not a shard-set manifest")
     version = data.get("format_version")
     if version != FORMAT_VERSION:
-        raise ShardError(f"{path}: field 'format_version' is {version!r}, this code reads {FORMAT_VERSION}")
+        raise ShardError(f"{where}: field 'format_version' is {version!r}, this code reads {FORMAT_VERSION}")
     return data
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -194,7 +195,13 @@ def test_shard_locations(coco, tmp_path):
     braces = resolve_shards(os.path.join(train, "{000000..000002}.tar"))
     assert braces.counts == directory.counts[:3]
     assert resolve_shards(os.path.join(train, "*.tar")).counts == directory.counts
-    piped = resolve_shards(f"pipe:cat {train}/{{000000..000001}}.tar")
+    piped = resolve_shards(f"pipe:cat {train}/{{000000..000001}}.tar")  # manifest: `cat .../manifest.json`
+    assert piped.counts == directory.counts[:2] and piped.manifest == directory.manifest
+    bare = tmp_path / "bare"  # tars without a manifest next to them: counts unknown
+    bare.mkdir()
+    for url in directory.urls[:2]:
+        shutil.copy(url, bare)
+    piped = resolve_shards(f"pipe:cat {bare}/{{000000..000001}}.tar")
     assert piped.counts is None and len(piped.urls) == 2
     with pytest.raises(DataError, match="samples_per_epoch"):
         train_batches_per_epoch(small_config(piped.location), 1)

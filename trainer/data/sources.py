@@ -5,21 +5,31 @@ Accepted locations:
     exact sample counts: needed for the exact per-epoch partition and for evaluation);
   * a brace pattern (`/data/train-{000000..000099}.tar`) or a glob (`/data/*.tar`) of local
     files: counts come from a manifest.json next to them when it lists every file;
-  * `pipe:COMMAND` and http(s)/other urls, also with braces (webdataset's gopen opens them):
-    counts are unknown, so training needs `data.samples_per_epoch` (resampled shards) and
-    evaluation assigns whole shards to readers.
+  * http(s):// and other urls, and `pipe:COMMAND`s (e.g. `pipe:aws s3 cp s3://b/t/{000000..000099}.tar -`),
+    with braces; webdataset's gopen opens them. The manifest is read from the same place: the
+    first url with its shard file name replaced by manifest.json (a url next to the tars, or
+    the same command fetching manifest.json). With it the counts are known and training uses
+    the exact partition; without one, training needs `data.samples_per_epoch` (resampled
+    shards) and evaluation assigns whole shards to readers.
 """
 from __future__ import annotations
 
 import glob
+import logging
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import braceexpand
 
 from shards.errors import ShardError
-from shards.manifest import MANIFEST_NAME, read_manifest, shard_paths
+from shards.manifest import MANIFEST_NAME, parse_manifest, read_manifest, shard_paths
+from shards.reading import open_shard
+
+log = logging.getLogger("trainer.data")
+# a shard's file name inside a url or a command: the last *.tar(.gz|...) path component
+_SHARD_NAME = re.compile(r"[^/\s'\"]+\.(?:tar|tgz|tar\.gz|tar\.bz2|tar\.xz)(?=$|[\s'\"?#])")
 
 
 class DataError(ShardError):
@@ -62,13 +72,48 @@ def _counts_from_sibling_manifest(paths: list[str]) -> tuple[Optional[tuple[int,
     return tuple(by_name[name] for name in names), manifest
 
 
+def _shard_name(url: str) -> Optional[re.Match]:
+    matches = list(_SHARD_NAME.finditer(url))
+    return matches[-1] if matches else None
+
+
+def manifest_url(url: str) -> Optional[str]:
+    """Where the manifest of a remote shard lives: its file name replaced by manifest.json."""
+    name = _shard_name(url)
+    return None if name is None else url[:name.start()] + MANIFEST_NAME + url[name.end():]
+
+
+def _remote_source(location: str, field: str) -> ShardSource:
+    """Remote shards, with counts from the manifest next to them when there is one."""
+    urls = list(braceexpand.braceexpand(location))
+    where = {manifest_url(url) for url in urls}
+    if len(where) != 1 or None in where:
+        return ShardSource(location, tuple(urls), None)
+    url = where.pop()
+    try:
+        stream = open_shard(url)
+        try:
+            text = stream.read()
+        finally:
+            stream.close()
+    except Exception as error:  # no manifest there (or unreachable): counts stay unknown
+        log.warning("%s: no manifest at %s (%s): sample counts unknown", field, url, error)
+        return ShardSource(location, tuple(urls), None)
+    manifest = parse_manifest(text, url)
+    by_name = _manifest_counts(manifest)
+    names = [_shard_name(u).group(0) for u in urls]
+    if not all(name in by_name for name in names):
+        missing = next(name for name in names if name not in by_name)
+        raise DataError(f"'{field}' = {location!r}: {missing} is not in the manifest at {url}")
+    return ShardSource(location, tuple(urls), tuple(by_name[name] for name in names), manifest)
+
+
 def resolve_shards(location: str, field: str = "data.train_shards") -> ShardSource:
     """Expand `location` into shard urls (+ counts where a manifest gives them)."""
     if not location:
         raise DataError(f"'{field}' is empty: point it at a shard directory from `python -m shards`")
     if _is_remote(location):
-        urls = list(braceexpand.braceexpand(location))
-        return ShardSource(location, tuple(urls), None)
+        return _remote_source(location, field)
     if os.path.isdir(location):
         manifest = read_manifest(location)
         paths = shard_paths(location)
