@@ -212,7 +212,7 @@ def _split_name(name: str) -> tuple[str, str]:
     return name[:slash] + key, extension.lower()
 
 
-def _grouped(url: str, errors: ErrorCounter) -> Iterator[RawSample]:
+def shard_samples(url: str, errors: ErrorCounter) -> Iterator[RawSample]:
     """Samples of one shard; stops quietly at the end, or counted at an unreadable/truncated one."""
     try:
         stream = gopen(url, "rb", bufsize=READ_BUFFER)
@@ -252,7 +252,7 @@ def read_segments(segments: Iterable[Segment], errors: ErrorCounter,
     for segment in segments:
         produced = 0
         # closing(): leaving a shard early must close its file or pipe now, not at garbage collection
-        with closing(_grouped(segment.url, errors)) as shard:
+        with closing(shard_samples(segment.url, errors)) as shard:
             for index, sample in enumerate(shard):
                 if index < segment.skip:
                     continue
