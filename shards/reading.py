@@ -58,6 +58,7 @@ class Bounded(io.RawIOBase):
     def __init__(self, stream, limit: int, url: str = "") -> None:
         super().__init__()
         self.stream, self.limit, self.url, self.used, self.empty_reads = stream, limit, url, 0, 0
+        self.total = 0  # bytes handed out since the start
 
     def __repr__(self) -> str:  # webdataset appends "@ <stream>" to the errors it passes on
         return self.url
@@ -72,6 +73,7 @@ class Bounded(io.RawIOBase):
         allowed = self.limit - self.used
         data = self.stream.read(size if 0 <= size <= allowed else allowed + 1)
         self.used += len(data)
+        self.total += len(data)
         if self.used > self.limit:
             raise ShardLimitError(f"a member needs more than {self.limit} bytes (damaged or hostile size "
                                   f"field, or a decompression bomb)")
@@ -132,8 +134,12 @@ def open_shard(url: str):
     return gopen(url, "rb", bufsize=READ_BUFFER)
 
 
-def _kind(error: BaseException) -> str:
-    return OVERSIZED_MEMBER if isinstance(error, ShardLimitError) else TRUNCATED_SHARD
+def _kind(error: BaseException, bounded: "Bounded") -> str:
+    """Nothing read at all (e.g. curl's empty answer to a 404, whose exit status may come
+    later): unreadable; a member too large: oversized; anything else: a damaged tar."""
+    if isinstance(error, ShardLimitError):
+        return OVERSIZED_MEMBER
+    return UNREADABLE_SHARD if bounded.total == 0 else TRUNCATED_SHARD
 
 
 def _named(files: Iterator[dict], bounded: Bounded, url: str, on_error: OnError) -> Iterator[dict]:
@@ -166,7 +172,7 @@ def iter_samples(url: str, on_error: OnError, max_member_bytes: int = MAX_MEMBER
             return
 
         def stop_shard(error: Exception) -> bool:  # handler: report, then end this shard
-            on_error(_kind(error), f"{error.args[0] if error.args else error!r}; rest of the shard skipped")
+            on_error(_kind(error, bounded), f"{error.args[0] if error.args else error!r}; rest of the shard skipped")
             return False
 
         def drop_member(error: Exception) -> bool:  # handler: report, keep going

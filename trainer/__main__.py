@@ -15,10 +15,9 @@ EXIT_USAGE = 2
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from shards.errors import ShardError
-    from trainer.backends.base import CheckpointError
     from trainer.dist import DistributedError
-    from trainer.metrics import MetricInputError
-    from trainer.images import ImageInputError
+    from trainer.errors import CheckpointError, MetricInputError
+    from trainer.inference.images import ImageInputError
     return (ConfigError, ShardError, MetricInputError, CheckpointError, DistributedError, ImageInputError)
 
 
@@ -58,11 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--split", choices=["train", "val"], default="train")
     show.add_argument("-n", type=int, default=16, help="number of samples")
 
-    from trainer.predict_cli import add_predict_parser
-    from trainer.tracking import add_sync_parser
+    from trainer.inference.cli import add_predict_parser
+    from trainer.tracking.sync import add_sync_parser
     add_predict_parser(commands)
     add_sync_parser(commands)
-    from trainer.bench import add_bench_parser
+    from trainer.bench.cli import add_bench_parser
     add_bench_parser(commands)
     return parser
 
@@ -89,20 +88,20 @@ def _run(args: argparse.Namespace) -> int:
         train(config, resume=args.resume, init_from=args.init_from)
         return 0
     if args.command == "eval":
-        from trainer.eval_cli import run_eval
+        from trainer.evaluation.cli import run_eval
         return run_eval(args)
     if args.command == "predict":
-        from trainer.predict_cli import run_predict
+        from trainer.inference.cli import run_predict
         return run_predict(args)
     if args.command == "tracking-sync":
-        from trainer.tracking import run_sync
+        from trainer.tracking.sync import run_sync
         return run_sync(args)
     if args.command == "bench":
-        from trainer.bench import run_bench
+        from trainer.bench.cli import run_bench
         return run_bench(args)
     if args.command == "show-batch":
         config = load_config(args.config, args.overrides)
-        from trainer.visualize import show_batch
+        from trainer.data.show_batch import show_batch
         show_batch(config, args.out, split=args.split, n=args.n)
         print(os.path.abspath(args.out))
         return 0

@@ -22,8 +22,9 @@ from typing import Callable, Optional
 
 import yaml
 
-from trainer import dist
-from trainer.backends.base import Backend, CheckpointError, safe_load
+from trainer import dist, faults
+from trainer.backends.base import Backend, safe_load
+from trainer.errors import CheckpointError
 from trainer.dist import WorldInfo
 
 MARKER = "COMPLETE"
@@ -31,10 +32,6 @@ BEST_FILE = "best.json"
 CONFIG_FILE = "config.yaml"  # the resolved run config, for eval/export without the run dir
 _FINAL = re.compile(r"^step_(\d{8})$")
 _LEFTOVER = re.compile(r"^step_\d{8}\.(tmp|old|deleting)$")
-# Test hook (tests/e2e/test_faults.py): the process dies (os._exit) inside the save of this step,
-# after the backend's files and before config.yaml and the COMPLETE marker, like a power cut.
-CRASH_IN_SAVE_ENV = "POSEFORGE_TEST_CRASH_IN_SAVE_AT_STEP"
-CRASH_EXIT_CODE = 86
 
 __all__ = ["CheckpointManager", "CheckpointError", "load_weights_only", "read_checkpoint_config",
            "resolve_checkpoint"]
@@ -138,8 +135,7 @@ class CheckpointManager:
 
     def _write(self, backend: Backend, tmp: Path, client_state: dict) -> None:
         backend.save(str(tmp), client_state)
-        if os.environ.get(CRASH_IN_SAVE_ENV) == str(client_state.get("step")):
-            os._exit(CRASH_EXIT_CODE)  # test hook: die with the files written but no config or marker
+        faults.crash_in_save(client_state.get("step", -1))
         if self.world.is_main and "config" in client_state:
             (tmp / CONFIG_FILE).write_text(yaml.safe_dump(client_state["config"], sort_keys=False))
 

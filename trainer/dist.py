@@ -9,6 +9,7 @@ LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK) start a group; SLURM_* variables alone
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Optional
@@ -179,3 +180,10 @@ def print0(*args: Any, **kwargs: Any) -> None:
     if get_rank() == 0:
         kwargs.setdefault("flush", True)
         print(*args, **kwargs)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` right now, for a rendezvous or a test server on loopback."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]

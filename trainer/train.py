@@ -12,24 +12,20 @@ import numpy as np
 import torch
 
 from shards.schema import load_schema
-from trainer import dist
-from trainer.backends import Backend, make_backend
+from trainer import dist, faults
+from trainer.backends import make_backend
 from trainer.backends.base import slow_precision_warning
 from trainer.checkpoint import CheckpointManager, load_weights_only
-from trainer.codec import HeatmapCodec
 from trainer.config import Config, ConfigError, check_data_paths, save_config, to_dict
-from trainer.data import DataErrorTally, build_train_loader, network_inputs, train_batches_per_epoch
-from trainer.evaluate import IncompleteEvaluation, evaluate
-from trainer.loss import heatmap_loss
-from trainer.model import StackedHourglass
+from trainer.data import DataErrorTally, build_train_loader, train_batches_per_epoch
+from trainer.evaluation.runner import IncompleteEvaluation, evaluate
+from trainer.model import build_model
+from trainer.model.codec import make_codec
 from trainer.optim import build_optimizer, build_scheduler, effective_lr
 from trainer.preemption import StopRequest, requeue_slurm_job
 from trainer.progress import ConsoleProgress, Throughput
+from trainer.step import micro_batch_loss
 from trainer.tracking import open_tracker
-
-
-# Test hook (tests/e2e/test_faults.py): the loss of this step (1-based) is made NaN on every rank.
-NAN_AT_STEP_ENV = "POSEFORGE_TEST_NAN_AT_STEP"
 
 
 class NonFiniteLoss(RuntimeError):
@@ -49,36 +45,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def build_model(config: Config, num_keypoints: int) -> StackedHourglass:
-    return StackedHourglass(num_keypoints=num_keypoints, num_stacks=config.model.stacks,
-                            num_features=config.model.features, depth=config.model.depth,
-                            gradient_checkpointing=config.model.gradient_checkpointing)
-
-
-def make_codec(config: Config) -> HeatmapCodec:
-    width, height = config.model.input_size
-    stride = config.model.heatmap_stride
-    return HeatmapCodec(input_size=(width, height), heatmap_size=(width // stride, height // stride),
-                        sigma=config.codec.sigma, unbiased=config.codec.unbiased)
-
-
-def micro_batch_loss(backend: Backend, codec: HeatmapCodec, batch: dict, device: torch.device,
-                     channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """One micro-batch forward: the input (warped here when the loader left that to the device),
-    heatmap targets on the device (unless the loader made them), the model, and the loss on
-    every stack. Returns (loss, per-stack losses)."""
-    images = network_inputs(batch, device, codec.input_size, torch.float32, channels_last)
-    if "heatmaps" in batch:  # made by the loader workers (data.targets_on_device=false)
-        targets = batch["heatmaps"].to(device, non_blocking=True)
-        target_weights = batch["target_weights"].to(device, non_blocking=True)
-    else:
-        targets, target_weights = codec.encode(batch["keypoints"].to(device, non_blocking=True),
-                                               batch["weights"].to(device, non_blocking=True))
-    with backend.autocast():
-        heatmaps = backend.model(backend.cast_inputs(images))
-    return heatmap_loss(heatmaps, targets, target_weights)
 
 
 def train(config: Config, resume: str | None = None, init_from: str | None = None) -> TrainResult:
@@ -154,7 +120,6 @@ def _train(config: Config, world: dist.WorldInfo, device: torch.device,
         saved_path = checkpoints.save(backend, state["step"], {**state, "config": to_dict(config)}, metric)
 
     stopped_early = False
-    nan_at_step = int(os.environ.get(NAN_AT_STEP_ENV) or 0)
     try:
         backend.model.train()
         for epoch in range(state["epoch"], config.schedule.epochs):
@@ -173,8 +138,7 @@ def _train(config: Config, world: dist.WorldInfo, device: torch.device,
                     throughput.add(batch["image"].shape[0], time.perf_counter() - wait_start)
                     data_errors.update(batch)
                     loss, per_stack = micro_batch_loss(backend, codec, batch, device, config.model.channels_last)
-                    if state["step"] + 1 == nan_at_step:
-                        loss = loss * float("nan")
+                    loss = faults.poison_loss(loss, state["step"] + 1)
                     backend.backward(loss, is_accumulation_boundary=micro == accumulation - 1)
                     loss_sum += loss.detach()
                     stack_sum += per_stack.detach()

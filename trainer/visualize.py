@@ -1,11 +1,10 @@
-"""Drawing of keypoints, skeletons and heatmaps on images; `show_batch` to check augmentation by eye.
+"""Drawing of keypoints, skeletons and heatmaps on images, shared by show-batch (data/), the
+predict overlays (inference/) and the eval overlays logged to MLflow (tracking/).
 
-The drawing functions take plain arrays (RGB uint8 HWC images, [K, 2] points, [K] weights) so
-prediction overlays can reuse them.
+The drawing functions take plain arrays (uint8 HWC images, [K, 2] or [K, 3] points, [K] weights).
 """
 from __future__ import annotations
 
-import copy
 import math
 from typing import Optional, Sequence
 
@@ -13,9 +12,8 @@ import cv2
 import numpy as np
 import torch
 
-from shards.schema import KeypointSchema, load_schema
+from shards.schema import KeypointSchema
 
-from .config import Config
 
 LEFT, RIGHT, CENTRE = (60, 200, 255), (255, 120, 40), (240, 240, 240)  # RGB
 
@@ -83,31 +81,35 @@ def write_png(path: str, image_rgb: np.ndarray) -> None:
         raise OSError(f"{path}: could not write the PNG")
 
 
-def show_batch(config: Config, out_path: str, split: str = "train", n: int = 16) -> str:
-    """Write a grid of `n` samples of one batch ('train': augmented; 'val': as evaluated) with
-    keypoints, skeleton and the codec's target heatmaps overlaid. Returns out_path."""
-    from .codec import HeatmapCodec
-    from .data import build_eval_loader, build_train_loader, resolve_shards
-    from .data.on_device import augmented_inputs
+SCORE_THRESHOLD = 0.2  # joints below this heatmap score are not drawn
 
-    config = copy.deepcopy(config)
-    config.data.workers = 0  # one batch: worker start-up would cost more than it saves
-    if split == "train":
-        known = resolve_shards(config.data.train_shards).num_samples or config.data.samples_per_epoch or n
-        config.data.batch_size = max(1, min(n, known))
-        batch = next(iter(build_train_loader(config, 0, 1, epoch=0)))
-    elif split == "val":
-        config.eval.batch_size = n
-        batch = next(iter(build_eval_loader(config, 0, 1)))
-    else:
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    width, height = config.model.input_size
-    if "warp" in batch:  # data.warp_on = device: show what the training device will see
-        warped = augmented_inputs(batch, "cpu", (width, height)).round().to(torch.uint8)
-        batch = dict(batch, image=warped.permute(0, 2, 3, 1))
-    stride = config.model.heatmap_stride
-    codec = HeatmapCodec((width, height), (width // stride, height // stride), config.codec.sigma,
-                         config.codec.unbiased)
-    heatmaps, _ = codec.encode(batch["keypoints"], batch["weights"])
-    write_png(out_path, image_grid(batch_panels(batch, load_schema(config.data.schema), heatmaps)))
-    return out_path
+
+def draw_pose(image: np.ndarray, keypoints: np.ndarray, skeleton: Sequence[Sequence[int]],
+                  box: Optional[Sequence[float]] = None, threshold: float = SCORE_THRESHOLD) -> np.ndarray:
+    """Draw one person (keypoints [K,3] x, y, score in this image's px) on a BGR image, in place."""
+    scale = max(1, round(max(image.shape[:2]) / 400))
+    keypoints = np.asarray(keypoints, np.float64)
+    shown = keypoints[:, 2] >= threshold
+    if box is not None:
+        x, y, w, h = (int(round(v)) for v in box)
+        cv2.rectangle(image, (x, y), (x + w, y + h), (255, 200, 0), scale)
+    for a, b in skeleton:
+        if shown[a] and shown[b]:
+            cv2.line(image, tuple(int(round(v)) for v in keypoints[a, :2]),
+                     tuple(int(round(v)) for v in keypoints[b, :2]), (0, 220, 255), 2 * scale, cv2.LINE_AA)
+    for point in keypoints[shown]:
+        cv2.circle(image, (int(round(point[0])), int(round(point[1]))), 2 * scale, (0, 0, 255), -1, cv2.LINE_AA)
+    return image
+
+
+def tile(images: Sequence[np.ndarray], cell: int = 256, columns: int = 4) -> np.ndarray:
+    """Square thumbnails of BGR images on a grid."""
+    rows = max(1, math.ceil(len(images) / columns))
+    canvas = np.zeros((rows * cell, min(columns, max(1, len(images))) * cell, 3), np.uint8)
+    for index, image in enumerate(images):
+        factor = cell / max(image.shape[:2])
+        small = cv2.resize(image, (max(1, int(image.shape[1] * factor)), max(1, int(image.shape[0] * factor))),
+                           interpolation=cv2.INTER_AREA)
+        row, column = divmod(index, columns)
+        canvas[row * cell:row * cell + small.shape[0], column * cell:column * cell + small.shape[1]] = small
+    return canvas

@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 import psutil
 import pytest
 
-from tests.e2e.launch_testlib import REPO, launch_env, train_args
+from tests.testlib import REPO, launch_env, torchrun_command, train_args
 
 ENV = {"DS_ACCELERATOR": "cpu", "POSEFORGE_SYSTEM_METRICS": "0"}
 
@@ -29,8 +29,7 @@ def train_command(shards: Path, out: Path, *overrides: str, nproc: int = 1, max_
     args = ["-m", "trainer", "train", *train_args(shards, out, "precision.dtype=fp32", *overrides)]
     if nproc == 1:
         return [sys.executable, *args]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-            "--max-restarts", str(max_restarts), *args]
+    return torchrun_command(nproc, *args, max_restarts=max_restarts)
 
 
 def run(command: list[str], timeout_s: float = 180, **env: str) -> subprocess.CompletedProcess:

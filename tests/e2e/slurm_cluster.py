@@ -25,6 +25,8 @@ from typing import Callable, Iterator, Optional
 
 import pytest
 
+from tests.testlib import free_port
+
 DAEMONS = ("slurmctld", "slurmd", "munged")
 CLIENTS = ("sbatch", "scontrol", "scancel", "sinfo", "squeue", "srun")
 FINISHED_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
@@ -107,12 +109,6 @@ def log_tail(path: Optional[Path], lines: int = 60) -> str:
         path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _ensure_installed() -> Optional[str]:
     """Install slurm-wlm and munge with apt-get when missing; the reason to skip, or None."""
     if all(shutil.which(name) for name in (*DAEMONS, *CLIENTS)):
@@ -132,7 +128,7 @@ def _ensure_installed() -> Optional[str]:
 def _write_slurm_conf(root: Path, node: str) -> None:
     cpus = os.cpu_count() or 1
     # Ports are free now; a clash with a concurrent run would show up as a start-up failure.
-    ctld_port, slurmd_port = _free_port(), _free_port()
+    ctld_port, slurmd_port = free_port(), free_port()
     (root / "slurm.conf").write_text(f"""\
 ClusterName=poseforge-test
 SlurmctldHost={node}(127.0.0.1)

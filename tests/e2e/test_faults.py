@@ -21,11 +21,13 @@ import torch
 from tests.e2e.faults_testlib import (copy_shard_dir, first_members, metrics_lines, read_metrics, rename_members,
                                       run, small_tmpfs, start, stop_session, torchrun_workers, train_command,
                                       truncate, wait_for)
-from tests.e2e.launch_testlib import demo_shards  # noqa: F401 (fixture)
-from tests.mlflow_server import MlflowServer, free_port
-from tests.trainer.data_testlib import rewrite_member
-from trainer.checkpoint import CRASH_EXIT_CODE, CRASH_IN_SAVE_ENV, complete_checkpoints, load_weights_only
-from trainer.train import NAN_AT_STEP_ENV
+from tests.testlib import demo_shards  # noqa: F401 (fixture)
+from tests.mlflow_server import MlflowServer
+from tests.testlib import free_port
+from tests.trainer.data.data_testlib import rewrite_member
+from trainer.faults import CRASH_EXIT_CODE, CRASH_IN_SAVE_ENV
+from trainer.checkpoint import complete_checkpoints, load_weights_only
+from trainer.faults import NAN_AT_STEP_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -309,7 +311,7 @@ def test_huge_image_is_refused_from_its_header_in_bounded_memory(tmp_path):
     import struct
     import zlib
 
-    from trainer.images import ImageInputError, read_image
+    from trainer.inference.images import ImageInputError, read_image
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from launch_testlib import DEMO_CONFIG, LAUNCH, launch_env
+from tests.testlib import DEMO_CONFIG, LAUNCH, launch_env
 
 BAD_ARGS = ["--config", str(DEMO_CONFIG), "model.stakcs=2"]
 SCRIPTS = {

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,9 +17,9 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.e2e.launch_testlib import REPO, demo_shards, launch_env, train_args  # noqa: F401 (fixture)
+from tests.testlib import REPO, demo_shards, launch_env, torchrun_command, train_args  # noqa: F401 (fixture)
 from tests.mlflow_server import MlflowServer
-from trainer.tracking import read_local_metrics
+from trainer.tracking.base import read_local_metrics
 
 pytestmark = pytest.mark.slow
 WARNING = "warning: MLflow tracking at"
@@ -29,8 +28,7 @@ TRACKED = ["tracking.enabled=true", "tracking.experiment=e2e", "tracking.run_nam
 
 
 def torchrun(shards: Path, out: Path, uri: str, *overrides: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "trainer", "train", *train_args(shards, out, *TRACKED, *overrides)]
+    command = torchrun_command(2, "-m", "trainer", "train", *train_args(shards, out, *TRACKED, *overrides))
     env = launch_env(MLFLOW_TRACKING_URI=uri, POSEFORGE_TRACKING_RETRY_S="2",
                      MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1")
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -75,7 +73,7 @@ def test_two_processes_one_run_registered_model_and_resume(server, demo_shards, 
     assert champion.tags["metric"] == "AP" and champion.tags["dataset"] == "coco"
 
     # the champion through MLflow == the checkpoint it came from, exactly
-    from trainer.predict import load_checkpoint_predictor, read_image
+    from trainer.inference.predictor import load_checkpoint_predictor, read_image
     image_path = next((demo_shards.parent / "coco" / "images" / "val").iterdir())
     mlflow.set_tracking_uri(server.uri)
     served = mlflow.pyfunc.load_model("models:/e2e-pose@champion").predict({"image": [image_path.read_bytes()]})

@@ -7,17 +7,18 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from trainer.config import Config
-from trainer.tracking import MLflowTracker, config_params
+from trainer.tracking.mlflow_run import MLflowTracker
+from trainer.tracking.info import config_params
+from tests.testlib import REPO
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "mlflow_run.png"
+DOCS_SCREENSHOT = REPO / "docs" / "img" / "mlflow_run.png"
 
 
 def chromium(*args: str) -> subprocess.CompletedProcess:

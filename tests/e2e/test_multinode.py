@@ -7,13 +7,12 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from launch_testlib import LAUNCH, demo_shards, launch_env, train_args  # noqa: F401 (fixture)
+from tests.testlib import free_port, LAUNCH, demo_shards, launch_env, train_args  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -24,15 +23,9 @@ DEEPSPEED_ZERO2 = ("checkpoint.every_steps=5", "dist.backend=deepspeed", "dist.z
                    "precision.dtype=bf16")
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _run_two_agents(tmp_path: Path, args: list[str], **env: str) -> list[str]:
     """Start two agents as two nodes; return their logs once both have exited with status 0."""
-    port = _free_port()
+    port = free_port()
     agent_env = launch_env(NNODES="2", NPROC_PER_NODE="1", RDZV_ENDPOINT=f"127.0.0.1:{port}",
                            RDZV_ID=f"loopback-{port}", MAX_RESTARTS="0", **env)
     logs = [tmp_path / f"agent{index}.log" for index in range(2)]
@@ -88,7 +81,7 @@ def test_deepspeed_launcher_with_hostfile(demo_shards, tmp_path):
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("localhost slots=2\n")
     env = launch_env(HOSTFILE=str(hostfile), NO_SSH_CHECK="1", MASTER_ADDR="127.0.0.1",
-                     MASTER_PORT=str(_free_port()), DS_ACCELERATOR="cpu")
+                     MASTER_PORT=str(free_port()), DS_ACCELERATOR="cpu")
     result = subprocess.run(["bash", str(LAUNCH / "deepspeed_hostfile_example.sh"),
                              *train_args(demo_shards, output_dir, *DEEPSPEED_ZERO2)],
                             env=env, cwd=tmp_path, capture_output=True, text=True,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from launch_testlib import LAUNCH, demo_shards, launch_env, train_args  # noqa: F401 (fixture)
-from slurm_cluster import FINISHED_STATES, SlurmCluster, log_tail, slurm_cluster  # noqa: F401 (fixture)
+from tests.testlib import LAUNCH, demo_shards, launch_env, train_args  # noqa: F401 (fixture)
+from tests.e2e.slurm_cluster import FINISHED_STATES, SlurmCluster, log_tail, slurm_cluster  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ import psutil
 import pytest
 import torch
 
-from launch_testlib import DEMO_CONFIG, REPO, demo_shards, train_args  # noqa: F401 (fixture)
+from tests.testlib import DEMO_CONFIG, REPO, demo_shards, launch_env, torchrun_command, train_args  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +34,7 @@ CLI_TIMEOUT_S = 120
 STEPS_PER_EPOCH = 13
 TOTAL_STEPS = 2 * STEPS_PER_EPOCH
 SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"  # as launch/common.sh: the agent forwards SIGUSR1
-# On top of launch_testlib.TINY_OVERRIDES: 2 epochs, a periodic checkpoint every 3 steps (kept),
+# On top of testlib.TINY_OVERRIDES: 2 epochs, a periodic checkpoint every 3 steps (kept),
 # evaluation at the end only; the ranks get 10 and 11 of the 21 val samples: 2 and 3 batches of 5.
 RUN_OVERRIDES = ("schedule.epochs=2", "eval.every_epochs=2", "eval.batch_size=5", "optim.lr=5e-3",
                  "checkpoint.every_steps=3", "checkpoint.keep_last=20")
@@ -58,20 +57,8 @@ COCO_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "
 SAME_WEIGHTS_PX = 0.05
 SAME_WEIGHTS_SCORE = 1e-5
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _env() -> dict[str, str]:
-    """This interpreter's environment without scheduler/launcher/tracking variables that would
-    change what the trainer does (a SLURM job id would make SIGUSR1 requeue a real job)."""
-    inherited = {k: v for k, v in os.environ.items()
-                 if not k.startswith(("SLURM_", "MLFLOW_", "TORCHELASTIC_"))
-                 and k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    return {**inherited, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "POSEFORGE_SYSTEM_METRICS": "0",
-            "PYTHONUNBUFFERED": "1"}
+    return launch_env(POSEFORGE_SYSTEM_METRICS="0")
 
 
 def _kill_tree(process: subprocess.Popen) -> None:
@@ -126,10 +113,8 @@ def torchrun(shards: Path, output_dir: Path, *overrides: str, cli: tuple[str, ..
     to the agent once that step's checkpoint is complete (the ranks save at the next step)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     log_path = output_dir / log_name
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-               "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-               "--signals-to-handle", SIGNALS, "-m", "trainer", "train",
-               *train_args(shards, output_dir, *RUN_OVERRIDES, *overrides), *cli]
+    command = torchrun_command(2, "-m", "trainer", "train",
+                               *train_args(shards, output_dir, *RUN_OVERRIDES, *overrides), *cli, signals=SIGNALS)
     deadline = time.monotonic() + RUN_TIMEOUT_S
     with open(log_path, "w") as log:
         agent = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT,

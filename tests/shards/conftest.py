@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from shards.__main__ import main
-from shards_testlib import coco_args
+from tests.shards.shards_testlib import coco_args
 
 
 @pytest.fixture(scope="session")

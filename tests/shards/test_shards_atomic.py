@@ -11,9 +11,10 @@ from shards.__main__ import main
 from shards.errors import ShardError
 from shards.manifest import read_manifest, shard_paths
 from shards.write import THROTTLE_ENV
-from shards_testlib import coco_args
+from tests.shards.shards_testlib import coco_args
+from tests.testlib import REPO as REPO_PATH
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = str(REPO_PATH)
 
 
 def _shard_bytes(directory: str) -> list[bytes]:

@@ -13,7 +13,7 @@ import pytest
 
 from shards import reading
 from shards.manifest import shard_paths
-from tests.fuzz_shards import cases, named_cases
+from tests.shards.fuzz_testlib import cases, named_cases
 
 KINDS = {reading.UNREADABLE_SHARD, reading.TRUNCATED_SHARD, reading.OVERSIZED_MEMBER,
          reading.DUPLICATE_MEMBER, reading.UNNAMED_MEMBER}

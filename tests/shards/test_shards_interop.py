@@ -8,8 +8,7 @@ import webdataset as wds
 
 from shards.__main__ import main
 from shards.manifest import read_manifest, sha256_file, shard_paths
-from shards_testlib import read_samples
-from tests.byo_shards import write_with_shardwriter
+from tests.shards.shards_testlib import read_samples, write_with_shardwriter
 
 def test_stock_webdataset_reads_every_sample_of_our_shards(coco_shards):
     expected = read_samples(coco_shards)  # plain tarfile: an independent reader
@@ -52,7 +51,7 @@ def test_manifest_command_refuses_a_damaged_tar(coco_shards, tmp_path, capsys):
 
 
 def test_writer_output_is_byte_identical_on_rerun(synth_coco, tmp_path):
-    from shards_testlib import coco_args
+    from tests.shards.shards_testlib import coco_args
 
     digests = []
     for run in ("a", "b"):

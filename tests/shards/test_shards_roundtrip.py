@@ -9,7 +9,7 @@ from scipy.io import loadmat
 from shards.__main__ import main
 from shards.crop import apply_affine
 from shards.manifest import read_manifest
-from shards_testlib import load_json, read_samples
+from tests.shards.shards_testlib import load_json, read_samples
 
 TOL = 0.01
 

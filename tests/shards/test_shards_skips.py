@@ -5,7 +5,7 @@ import shutil
 
 from shards.__main__ import main
 from shards.manifest import read_manifest
-from shards_testlib import load_json, read_samples
+from tests.shards.shards_testlib import load_json, read_samples
 
 
 def _make_bad_set(synth_coco: str, tmp_path) -> tuple[str, str, dict]:

@@ -10,8 +10,9 @@ import cv2
 from shards.__main__ import main
 from shards.manifest import read_manifest
 from shards.verify import verify
+from tests.testlib import REPO as REPO_PATH
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = str(REPO_PATH)
 
 
 def test_verify_detects_a_flipped_byte(coco_shards, tmp_path):

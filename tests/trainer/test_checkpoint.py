@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from backend_worker import REPO, build, make_config, train_steps
-from trainer.backends.base import CheckpointError, check_tree_loads_safely
+from tests.trainer.backends.backend_worker import build, make_config, train_steps
+from tests.testlib import REPO, launch_env
+from trainer.errors import CheckpointError
+from trainer.backends.base import check_tree_loads_safely
 from trainer.checkpoint import MARKER, CheckpointManager, resolve_checkpoint
 from trainer.dist import WorldInfo
 
@@ -75,11 +77,8 @@ def test_marker_lists_files_and_directory_is_renamed(tmp_path):
 
 
 def test_sigkill_during_save_leaves_the_previous_checkpoint(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        env.pop(name, None)
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("backend_worker.py")), "crash",
-                             str(tmp_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "tests.trainer.backends.backend_worker", "crash",
+                             str(tmp_path)], env=launch_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
         assert line.strip() == "WROTE_FIRST_FILE", (line, proc.stderr.read() if proc.poll() is not None else "")

@@ -6,7 +6,8 @@ import pytest
 
 from trainer.config import ConfigError, check_data_paths, dump_yaml, flatten, load_config, to_dict
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.testlib import REPO
+
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from backend_worker import launch
+from tests.trainer.backends.backend_worker import launch
 from trainer import dist
 from trainer.dist import DistributedError, WorldInfo, world_from_env
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from trainer.backends.base import Backend, CheckpointError, StepStats
+from trainer.backends.base import Backend, StepStats
+from trainer.errors import CheckpointError
 from trainer.config import Config
 from trainer.dist import WorldInfo
 

@@ -27,10 +27,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from trainer.dist import WorldInfo
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, incomplete, incompatible or unsafe; the message names the path."""
+from trainer.errors import CheckpointError
 
 
 @dataclass(frozen=True)

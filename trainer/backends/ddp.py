@@ -19,8 +19,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LRScheduler
 
 from trainer import dist
-from trainer.backends.base import (PRECISION_DTYPES, CheckpointError, StepStats, autocast_context, load_rng,
-                                   safe_load, save_file, save_rng)
+from trainer.backends.base import (PRECISION_DTYPES, StepStats, autocast_context, load_rng, safe_load,
+                                   save_file, save_rng)
+from trainer.errors import CheckpointError
 from trainer.config import Config
 from trainer.dist import WorldInfo
 

@@ -31,8 +31,8 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from trainer import dist
-from trainer.backends.base import (PRECISION_DTYPES, CheckpointError, StepStats, check_tree_loads_safely,
-                                   load_rng, save_rng)
+from trainer.backends.base import PRECISION_DTYPES, StepStats, check_tree_loads_safely, load_rng, save_rng
+from trainer.errors import CheckpointError
 from trainer.config import Config, ConfigError, read_yaml
 from trainer.dist import WorldInfo
 

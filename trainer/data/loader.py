@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from shards.schema import KeypointSchema, load_schema
 
-from ..config import Config
+from trainer.config import Config
 from .pipeline import PoseBatches, StreamSettings
 from .plan import batches_per_rank, eval_stream_plans, train_stream_plans
 from .reader import ERROR_KINDS
@@ -51,12 +51,8 @@ def _worker_targets(config: Config):
     """Heatmaps made in the workers (CPU) when data.targets_on_device is false."""
     if config.data.targets_on_device:
         return None
-    from ..codec import HeatmapCodec
-
-    width, height = config.model.input_size
-    stride = config.model.heatmap_stride
-    return HeatmapCodec((width, height), (width // stride, height // stride),
-                        config.codec.sigma, config.codec.unbiased).encode
+    from trainer.model.codec import make_codec
+    return make_codec(config).encode
 
 
 def _ignore_stop_signals(_worker_id: int) -> None:

@@ -9,7 +9,7 @@ would do them slower than OpenCV in a worker, so `auto` keeps them in the worker
 
 Sampling convention is OpenCV's (pixel centres at integer coordinates, bilinear, black outside):
 `grid_sample(align_corners=True)` with the grid in crop pixels scaled by 2 / (size - 1), so a
-keypoint mapped by the worker lands on the same pixel either way (tests/trainer/test_on_device.py).
+keypoint mapped by the worker lands on the same pixel either way (tests/trainer/data/test_on_device.py).
 """
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from .plan import SHUFFLE, StreamPlan, augmentation_draws, make_rng
 from .reader import REPLACED, ErrorCounter, RawSample, read_segments
-from ..transforms import NUM_DRAWS
+from .transforms import NUM_DRAWS
 from .samples import BadSample, ImageAllocator, Sample, SampleMaker
 from .transport import ImageSlots, to_wire
 from .sources import DataError

@@ -64,7 +64,7 @@ class RawSample:
     url: str
 
 
-def _grouped(url: str, errors: ErrorCounter) -> Iterator[RawSample]:
+def shard_samples(url: str, errors: ErrorCounter) -> Iterator[RawSample]:
     """Samples of one shard; problems counted by kind (shards.reading)."""
     for sample in reading.iter_samples(url, errors.record):
         yield RawSample(sample["__key__"], {k: v for k, v in sample.items() if not k.startswith("__")}, url)
@@ -79,7 +79,7 @@ def read_segments(segments: Iterable[Segment], errors: ErrorCounter,
     for segment in segments:
         produced = 0
         # closing(): leaving a shard early must close its file or pipe now, not at garbage collection
-        with closing(_grouped(segment.url, errors)) as shard:
+        with closing(shard_samples(segment.url, errors)) as shard:
             for index, sample in enumerate(shard):
                 if index < segment.skip:
                     continue

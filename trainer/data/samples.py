@@ -16,8 +16,8 @@ import orjson
 import simplejpeg
 import torch
 
-from .. import transforms
-from ..config import AugmentConfig
+from . import transforms
+from trainer.config import AugmentConfig
 from .reader import CORRUPT_IMAGE, CORRUPT_JSON, MISSING_MEMBER, RawSample
 
 

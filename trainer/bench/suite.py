@@ -1,0 +1,194 @@
+"""The benchmark suite: presets (sizes and repeat counts) and `run_suite`, which runs the parts
+and collects their figures into one JSON document (medians of several runs after a warm-up,
+ratios measured side by side in interleaved rounds). The command line is in cli.py.
+
+Parts:
+  train          convolution peak, training-step GFLOP/s against it, framework overhead,
+                 bf16 vs fp32, and a torch.profiler summary of the step
+  checkpointing  peak step memory and step time with and without gradient checkpointing
+  scaling        torchrun: 1 vs 2 ranks (DDP, gloo), DeepSpeed ZeRO-2, one thread per rank
+  data           the data-pipeline figures (data.py)
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from trainer.bench.steps import ModelShape
+
+
+PARTS = ("train", "checkpointing", "scaling", "data")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sizes and repeat counts of one run of the suite."""
+
+    peak_shapes: list[tuple[int, int, int]]  # (channels, side, batch) of the 3x3 convolution
+    peak_repeats: int
+    train: ModelShape
+    train_repeats: int
+    checkpointing: ModelShape
+    checkpointing_rounds: int
+    checkpointing_steps: int
+    scaling: ModelShape
+    scaling_rounds: int
+    scaling_steps: int
+    scaling_warmup: int = 2
+    with_deepspeed: bool = True
+    data_images: int = 300  # synthetic COCO-format images the data benchmark shards
+    data_samples: int = 512
+    data_repeats: int = 5
+    data_workers: int = 1  # DataLoader processes of the "delivered to the trainer" figures
+    notes: list[str] = field(default_factory=list)
+
+
+PRESETS = {
+    # The issue's sizes (scaling on a smaller model for time's sake): ~10-15 minutes on 2 cores.
+    "full": Preset(peak_shapes=[(256, 64, 8), (128, 64, 8), (256, 32, 16)], peak_repeats=5,
+                   train=ModelShape(8, 256, 256, 4), train_repeats=5,
+                   checkpointing=ModelShape(8, 256, 256, 8), checkpointing_rounds=2, checkpointing_steps=2,
+                   scaling=ModelShape(2, 128, 256, 4), scaling_rounds=2, scaling_steps=6),
+    # Everything smaller: `all` in ~2-3 minutes.
+    "quick": Preset(peak_shapes=[(128, 32, 4)], peak_repeats=3,
+                    train=ModelShape(2, 64, 128, 2), train_repeats=3,
+                    checkpointing=ModelShape(4, 64, 128, 4), checkpointing_rounds=1, checkpointing_steps=2,
+                    scaling=ModelShape(1, 64, 128, 2), scaling_rounds=1, scaling_steps=3, scaling_warmup=1,
+                    data_images=40, data_samples=64, data_repeats=2, data_workers=1),
+    # Seconds: for the test suite (checks that every part runs and writes its keys).
+    "smoke": Preset(peak_shapes=[(32, 16, 2)], peak_repeats=2,
+                    train=ModelShape(1, 16, 64, 2), train_repeats=2,
+                    checkpointing=ModelShape(2, 16, 64, 2), checkpointing_rounds=1, checkpointing_steps=1,
+                    scaling=ModelShape(1, 16, 64, 2), scaling_rounds=1, scaling_steps=2, scaling_warmup=1,
+                    with_deepspeed=False, data_images=16, data_samples=16, data_repeats=1, data_workers=1),
+}
+
+
+def machine_info() -> dict:
+    """CPU model, cores, ISA features that matter for fp32/bf16 convolutions, torch version."""
+    import torch
+
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    memory_gib = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory_gib = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    isa = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+    return {
+        "cpu_model": model, "logical_cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_gib": memory_gib, "isa": {flag: flag in flags for flag in isa},
+        "torch": torch.__version__, "mkldnn": torch.backends.mkldnn.is_available(),
+        "python": platform.python_version(), "platform": platform.platform(),
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+
+
+def _load() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else []
+
+
+# (name, config file, stored crop max side): the two pairings the project uses
+DATA_PAIRINGS = (("recipe", "coco_hg8_256.yaml", 384),  # the COCO recipe on shards at the default --max-side
+                 ("demo", "demo_cpu.yaml", 192))  # the demo config on launch/demo.sh's shards
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+def _synthetic_coco_shards(root: Path, images: int, max_sides: list[int]) -> tuple[dict[int, str], str]:
+    """A synthetic COCO-format set (as launch/demo.sh makes it) and its train shards at each
+    crop size: ({max side: shard dir}, data root)."""
+    import subprocess
+    import sys
+
+    data = root / "data"
+    commands = [["synth", "--format", "coco", "--out", str(data), "--images", str(images), "--val-images", "4",
+                 "--seed", "0", "--difficulty", "medium", "--workers", "2"]]
+    shard_dirs = {side: str(root / f"shards-{side}" / "train") for side in max_sides}
+    for side, shards in shard_dirs.items():
+        commands.append(["coco", "--annotations", str(data / "annotations" / "person_keypoints_train.json"),
+                         "--images", str(data / "images" / "train"), "--out", shards, "--split", "train",
+                         "--workers", "2", "--samples-per-shard", "64", "--max-side", str(side), "--no-progress"])
+    for command in commands:
+        done = subprocess.run([sys.executable, "-m", "shards", *command], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"shards {command[0]} failed: {done.stderr[-2000:]}")
+    return shard_dirs, str(data)
+
+
+def _run_data(preset: Preset) -> dict:
+    """Both pairings of DATA_PAIRINGS on the same synthetic people."""
+    try:
+        from trainer.bench.data import run_data_benchmark
+    except ImportError as err:
+        return {"skipped": f"trainer/bench/data.py is not available ({err})"}
+    import tempfile
+
+    from trainer.config import load_config
+
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="poseforge-bench-data-") as scratch:
+        shard_dirs, coco_root = _synthetic_coco_shards(Path(scratch), preset.data_images,
+                                                       sorted({side for _, _, side in DATA_PAIRINGS}))
+        for name, config_file, max_side in DATA_PAIRINGS:
+            config = load_config(CONFIG_DIR / config_file)  # its input size, augmentation, batch size
+            result = run_data_benchmark(shard_dirs[max_side], coco_root, num_samples=preset.data_samples,
+                                        workers=preset.data_workers, repeats=preset.data_repeats, config=config)
+            result["source"] = (f"{config.model.input_size[0]} px input from {max_side} px stored crops; "
+                                f"configs/{config_file}, synthetic COCO-format set, {preset.data_images} images")
+            results[name] = result
+    return results
+
+
+def run_part(part: str, preset: Preset) -> dict:
+    """Measure one part; returns {name: figures} (train also returns the peak)."""
+    if part == "train":
+        from trainer.bench.compute import measure_peak, measure_train
+        peak = measure_peak(preset.peak_shapes, preset.peak_repeats)
+        return {"peak": peak, "train": measure_train(preset.train, preset.train_repeats, peak,
+                                                     with_bf16=True, profile=True)}
+    if part == "checkpointing":
+        from trainer.bench.compute import measure_checkpointing
+        return {"checkpointing": measure_checkpointing(preset.checkpointing, preset.checkpointing_rounds,
+                                                       preset.checkpointing_steps)}
+    if part == "scaling":
+        from trainer.bench.scaling import measure_scaling
+        return {"scaling": measure_scaling(preset.scaling, preset.scaling_rounds, preset.scaling_warmup,
+                                           preset.scaling_steps, with_deepspeed=preset.with_deepspeed)}
+    if part == "data":
+        return {"data": _run_data(preset)}
+    raise ValueError(f"unknown benchmark part {part!r}")
+
+
+def run_suite(parts: list[str], preset_name: str, log=print, save=None) -> dict:
+    """Run `parts` in order; `save(result)` after each part keeps what is done if a later part fails."""
+    preset = PRESETS[preset_name]
+    started = time.perf_counter()
+    result: dict = {"machine": machine_info(), "preset": preset_name, "preset_sizes": asdict(preset),
+                    "parts": {}, "load_average": {}}
+    for part in parts:
+        log(f"[bench] {part} ({preset_name}) ...")
+        part_start = time.perf_counter()
+        load_before = _load()
+        result["parts"].update(run_part(part, preset))
+        result["load_average"][part] = {"before": load_before, "after": _load()}
+        log(f"[bench] {part} done in {time.perf_counter() - part_start:.0f} s")
+        result["duration_s"] = time.perf_counter() - started
+        if save is not None:
+            save(result)
+    return result

@@ -1,0 +1,137 @@
+"""Person instances -> COCO keypoint results, under the protocol of where their boxes came from.
+
+  ground-truth boxes ("gt"): one prediction per annotated person, score = mean keypoint score
+      above 0.2, no NMS (every instance is a distinct annotated person);
+  detector boxes ("detector"): score = box score x mean keypoint score above 0.2, then OKS-NMS
+      at 0.9 per image (the SimpleBaseline / HRNet / mmpose protocol).
+
+Plain numpy, no pycocotools: evaluation (COCO AP) and inference (predict with detector boxes)
+both use it, so a prediction is scored and kept the same way in both.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from trainer.errors import MetricInputError
+
+BOX_SOURCES = ("gt", "detector")
+_BOX_SOURCE_PREFIX = {"gt": "gt_boxes/", "detector": "det_boxes/"}
+
+
+def label_metrics(metrics: Mapping[str, float], box_source: str) -> dict[str, float]:
+    """Prefix metric names with ``gt_boxes/`` or ``det_boxes/`` so the two are never mixed."""
+    _check_box_source(box_source)
+    prefix = _BOX_SOURCE_PREFIX[box_source]
+    return {prefix + name: value for name, value in metrics.items()}
+
+
+def rescore_instances(box_scores: np.ndarray, keypoint_scores: np.ndarray,
+                      threshold: float = 0.2) -> np.ndarray:
+    """Instance scores: box score x mean of the keypoint scores above ``threshold``.
+
+    ``box_scores`` [N], ``keypoint_scores`` [N, K]; an instance with no keypoint score above
+    the threshold scores 0.
+    """
+    box_scores = np.asarray(box_scores, dtype=np.float64)
+    keypoint_scores = np.asarray(keypoint_scores, dtype=np.float64)
+    if keypoint_scores.ndim != 2 or box_scores.shape != keypoint_scores.shape[:1]:
+        raise MetricInputError(f"rescoring needs box_scores [N] and keypoint_scores [N, K], got "
+                               f"{box_scores.shape} and {keypoint_scores.shape}")
+    confident = keypoint_scores > threshold
+    counts = confident.sum(axis=1)
+    sums = np.where(confident, keypoint_scores, 0.0).sum(axis=1)
+    mean_confident = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
+    return box_scores * mean_confident
+
+
+def pairwise_oks(keypoints: np.ndarray, areas: np.ndarray,
+                 sigmas: Sequence[float]) -> np.ndarray:
+    """[N, N] OKS between instances of one image, over all K keypoints.
+
+    The scale of a pair is the mean of their two areas (each instance's box area), as in the
+    reference OKS-NMS; the third keypoint column (score) is not used.
+    """
+    keypoints = np.asarray(keypoints, dtype=np.float64)
+    areas = np.asarray(areas, dtype=np.float64)
+    variances = (2.0 * np.asarray(sigmas, dtype=np.float64)) ** 2  # [K]
+    if keypoints.ndim != 3 or keypoints.shape[2] < 2 or keypoints.shape[1] != variances.size:
+        raise MetricInputError(f"OKS needs keypoints [N, {variances.size}, 3], got "
+                               f"{keypoints.shape}")
+    if areas.shape != keypoints.shape[:1]:
+        raise MetricInputError(f"OKS needs one area per instance: {areas.shape} vs "
+                               f"{keypoints.shape[:1]}")
+    xy = keypoints[:, :, :2]
+    squared = ((xy[:, None] - xy[None, :]) ** 2).sum(axis=-1)  # [N, N, K]
+    scale = (areas[:, None] + areas[None, :]) / 2.0 + np.spacing(1)
+    return np.exp(-squared / variances / scale[:, :, None] / 2.0).mean(axis=-1)
+
+
+def oks_nms(keypoints: np.ndarray, scores: np.ndarray, areas: np.ndarray,
+            sigmas: Sequence[float], threshold: float = 0.9) -> list[int]:
+    """Greedy OKS-based NMS over the instances of ONE image; returns kept indices, best first.
+
+    An instance is dropped when its OKS with an already kept, higher-scored one is above
+    ``threshold``. ``keypoints`` [N, K, 3] in image pixels, ``scores`` [N], ``areas`` [N].
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != np.shape(keypoints)[:1]:
+        raise MetricInputError(f"OKS-NMS needs one score per instance: {scores.shape} vs "
+                               f"{np.shape(keypoints)[:1]}")
+    if scores.size == 0:
+        return []
+    oks = pairwise_oks(keypoints, areas, sigmas)
+    suppressed = np.zeros(scores.size, dtype=bool)
+    kept: list[int] = []
+    for index in np.argsort(-scores, kind="stable"):
+        if suppressed[index]:
+            continue
+        kept.append(int(index))
+        suppressed |= oks[index] > threshold
+    return kept
+
+
+def build_coco_results(box_source: str, image_ids: Sequence[int] | np.ndarray,
+                       keypoints: np.ndarray, box_scores: np.ndarray | None = None,
+                       areas: np.ndarray | None = None, sigmas: Sequence[float] | None = None,
+                       *, keypoint_threshold: float = 0.2, nms_threshold: float = 0.9,
+                       category_id: int = 1) -> list[dict[str, Any]]:
+    """Per-instance predictions -> COCO keypoint results under the ``box_source`` protocol.
+
+    ``image_ids`` [N], ``keypoints`` [N, K, 3] (x, y, score) in original image pixels.
+    "gt": score = mean keypoint score above ``keypoint_threshold`` (box score 1), no NMS.
+    "detector": score = ``box_scores`` x that mean, then :func:`oks_nms` per image with
+    ``areas`` (detector box areas, w x h) and ``sigmas``.
+    """
+    _check_box_source(box_source)
+    image_ids = np.asarray(image_ids)
+    keypoints = np.asarray(keypoints, dtype=np.float64)
+    if keypoints.ndim != 3 or keypoints.shape[2] != 3 or image_ids.shape != keypoints.shape[:1]:
+        raise MetricInputError(f"results need image_ids [N] and keypoints [N, K, 3], got "
+                               f"{image_ids.shape} and {keypoints.shape}")
+    if box_source == "gt":
+        scores = rescore_instances(np.ones(len(keypoints)), keypoints[:, :, 2],
+                                   keypoint_threshold)
+        kept = np.arange(len(keypoints))
+    else:
+        if box_scores is None or areas is None or sigmas is None:
+            raise MetricInputError("detector-box results need box_scores, areas and sigmas")
+        scores = rescore_instances(box_scores, keypoints[:, :, 2], keypoint_threshold)
+        areas = np.asarray(areas, dtype=np.float64)
+        kept_parts = []
+        for image_id in np.unique(image_ids):
+            members = np.flatnonzero(image_ids == image_id)
+            keep = oks_nms(keypoints[members], scores[members], areas[members], sigmas,
+                           nms_threshold)
+            kept_parts.append(members[keep])
+        kept = np.concatenate(kept_parts) if kept_parts else np.zeros(0, dtype=int)
+    return [{"image_id": image_ids[i].item(), "category_id": category_id,
+             "keypoints": keypoints[i].reshape(-1).tolist(),
+             "score": float(scores[i])} for i in kept]
+
+
+def _check_box_source(box_source: str) -> None:
+    if box_source not in BOX_SOURCES:
+        raise MetricInputError(f"box source must be one of {BOX_SOURCES}, got {box_source!r}")

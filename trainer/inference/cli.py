@@ -1,0 +1,152 @@
+"""`python -m trainer predict`: a registered model or a checkpoint on image files.
+
+    python -m trainer predict --model models:/NAME@ALIAS --images a.jpg b.png --out DIR
+    python -m trainer predict --model runs/x/checkpoints/step_00001000 --images a.jpg \\
+        --boxes dets.json --out DIR
+
+Writes DIR/keypoints.json (COCO keypoint results: image_id, category_id 1, keypoints as flat
+x, y, score triples in image px, score; plus file_name) and DIR/<image stem>_pose.jpg overlays.
+Without --boxes, each whole image is one person box. --boxes takes either
+  {"a.jpg": [[x, y, w, h], ...], ...}  (keys: the path as given, or its file name), or
+  a COCO detection results list [{"image_id", "bbox", "score", "category_id"}, ...] matched by
+  the numeric file name (000000123456.jpg -> 123456); only category 1 (person) is used.
+Every input is checked (readable, an image, at most --max-pixels) before the model loads;
+a bad one exits with status 2 and names the file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import cv2
+import numpy as np
+
+from trainer.inference.images import DEFAULT_MAX_PIXELS, ImageInputError, image_size_from_header, read_image
+
+if TYPE_CHECKING:
+    from trainer.inference.predictor import Predictor
+
+EXIT_USER_ERROR = 2
+
+
+def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("predict", help="keypoints for images from a registered model or a checkpoint")
+    parser.add_argument("--model", required=True,
+                        help="models:/NAME@ALIAS, models:/NAME/VERSION, or a checkpoint directory")
+    parser.add_argument("--images", nargs="+", required=True, help="image files (JPEG, PNG, ...)")
+    parser.add_argument("--boxes", help="person boxes json (see `python -m trainer predict --help`)")
+    parser.add_argument("--out", required=True, help="output directory (json + overlays)")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help=f"refuse images with more pixels than this (default {DEFAULT_MAX_PIXELS})")
+    parser.add_argument("--tracking-uri", help="MLflow tracking/registry URI for models:/ (default: "
+                        "MLFLOW_TRACKING_URI, else MLflow's default)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    parser.add_argument("--no-overlays", action="store_true", help="write the json only")
+    parser.description = __doc__
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    return parser
+
+
+def image_id_for(path: str, index: int) -> int:
+    stem = Path(path).stem
+    return int(stem) if stem.isdigit() else index
+
+
+def load_boxes(path: str, images: list[str]) -> list[np.ndarray]:
+    """Per image, [M, 4] xywh boxes (M may be 0). Detection scores are not used: instance scores
+    are the mean keypoint score above 0.2, as for ground-truth boxes."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise ImageInputError(f"{path}: cannot read the boxes json ({error})") from None
+    result = []
+    if isinstance(data, dict):
+        for image in images:
+            boxes = data.get(image, data.get(os.path.basename(image), []))
+            result.append(_checked(boxes, f"{path}: boxes of {image}"))
+    elif isinstance(data, list):
+        for index, image in enumerate(images):
+            image_id = image_id_for(image, index)
+            boxes = [d["bbox"] for d in data if isinstance(d, dict) and d.get("image_id") == image_id
+                     and d.get("category_id", 1) == 1 and "bbox" in d]
+            result.append(_checked(boxes, f"{path}: boxes of image_id {image_id}"))
+    else:
+        raise ImageInputError(f"{path}: expected a mapping of file name -> boxes or a COCO detections list")
+    return result
+
+
+def _checked(boxes: Any, where: str) -> np.ndarray:
+    try:
+        array = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    except (ValueError, TypeError):
+        raise ImageInputError(f"{where}: boxes must be [[x, y, w, h], ...]") from None
+    if not np.isfinite(array).all() or (array[:, 2:] <= 0).any():
+        raise ImageInputError(f"{where}: every box needs finite values and a positive width and height")
+    return array
+
+
+def load_predictor(model: str, device: Optional[str], tracking_uri: Optional[str] = None) -> "Predictor":
+    """A Predictor from a models:/ URI (through MLflow's pyfunc loader) or a checkpoint directory."""
+    import torch
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if model.startswith(("models:/", "runs:/")) or "://" in model:
+        import mlflow.pyfunc
+        if tracking_uri:
+            mlflow.set_tracking_uri(tracking_uri)
+            mlflow.set_registry_uri(tracking_uri)
+        pyfunc = mlflow.pyfunc.load_model(model)
+        predictor = pyfunc.unwrap_python_model().predictor
+        if str(predictor.device) != device:
+            predictor.model.to(device)
+            predictor.device = torch.device(device)
+        return predictor
+    if not Path(model).exists():
+        raise ImageInputError(f"{model}: no such checkpoint directory (or use models:/NAME@ALIAS)")
+    from trainer.inference.predictor import load_checkpoint_predictor
+    return load_checkpoint_predictor(model, device)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except ImageInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def _run(args: argparse.Namespace) -> int:
+    from trainer.evaluation.instances import build_coco_results
+    from trainer.visualize import draw_pose
+    for path in args.images:  # fail fast, before the (slow) model load; headers only
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except OSError as error:
+            raise ImageInputError(f"{path}: cannot read ({error.strerror})") from None
+        width, height = image_size_from_header(data, path)
+        if width * height > args.max_pixels:
+            raise ImageInputError(f"{path}: {width}x{height} = {width * height} pixels is above the limit "
+                                  f"of {args.max_pixels} pixels (--max-pixels)")
+    boxes = load_boxes(args.boxes, args.images) if args.boxes else None
+    predictor = load_predictor(args.model, args.device, getattr(args, "tracking_uri", None))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: list[dict[str, Any]] = []
+    for index, path in enumerate(args.images):  # one image at a time: bounded memory
+        image = read_image(path, args.max_pixels)
+        people = predictor.predict([image], [boxes[index]] if boxes is not None else None, names=[path])[0]
+        if people:
+            keypoints = np.stack([p["keypoints"] for p in people])
+            for record in build_coco_results("gt", [image_id_for(path, index)] * len(people), keypoints):
+                results.append({**record, "file_name": os.path.basename(path)})
+        if not args.no_overlays:
+            for person in people:
+                draw_pose(image, person["keypoints"], predictor.schema.skeleton, box=person["box"])
+            cv2.imwrite(str(out / f"{Path(path).stem}_pose.jpg"), image)
+    (out / "keypoints.json").write_text(json.dumps(results))
+    print(f"{len(results)} people in {len(args.images)} images -> {out / 'keypoints.json'}")
+    return 0
