@@ -243,6 +243,7 @@ def validate(config: Config, source: str, origins: dict[str, str] | None = None)
          "must be 4 (the Stacked Hourglass stem downsamples by 4)"),
         ("data.batch_size", config.data.batch_size >= 1, "must be at least 1"),
         ("data.workers", config.data.workers >= 0, "must be >= 0"),
+        ("data.streams", config.data.streams >= 1, "must be >= 1"),
         ("data.shuffle_buffer", config.data.shuffle_buffer >= 1, "must be at least 1"),
         ("data.samples_per_epoch", config.data.samples_per_epoch is None
          or config.data.samples_per_epoch >= 1, "must be at least 1 (or null)"),

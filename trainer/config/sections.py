@@ -29,8 +29,12 @@ class DataConfig:
     train_shards: str = ""  # shard directory (with manifest.json), brace pattern, glob or url
     val_shards: str = ""
     batch_size: int = 32  # per rank, per step (before gradient accumulation)
-    workers: int = 4  # data loader processes per rank
-    shuffle_buffer: int = 1000
+    workers: int = 4  # data loader processes per rank; batches do not depend on it
+    # logical streams per rank: batch g is made by stream g % streams; batches depend on this
+    # (not on workers). Workers that divide it share the streams out; others read more
+    streams: int = 12
+    # raw samples buffered per stream for shuffling: memory ~ streams x this x a sample's bytes
+    shuffle_buffer: int = 500
     samples_per_epoch: Optional[int] = None  # set: resampled shards with a fixed epoch length
     targets_on_device: bool = True  # heatmaps made by the codec on the training device
     # where training images are warped + colour-jittered: in the loader workers (OpenCV), or on

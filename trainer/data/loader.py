@@ -1,6 +1,8 @@
 """The loaders the trainer calls and data-error bookkeeping."""
 from __future__ import annotations
 
+import logging
+import math
 import signal
 from functools import partial
 from typing import Any, Callable, Iterable, Optional
@@ -18,9 +20,25 @@ from .samples import SampleMaker
 from .sources import DataError, ShardSource, resolve_shards
 from .transport import ImageSlots, PoseLoader, as_is
 
+log = logging.getLogger("trainer.data")
+
 def streams_per_rank(config: Config) -> int:
-    """V: one stream per loader worker (the main process counts as one when workers = 0)."""
+    """V: the training streams of a rank (data.streams), whatever the number of workers."""
+    return config.data.streams
+
+
+def _eval_streams(config: Config) -> int:
+    """Evaluation order does not matter (predictions are gathered): one stream per worker."""
     return max(1, config.data.workers)
+
+
+def _warn_uneven_workers(config: Config) -> None:
+    workers, streams = config.data.workers, config.data.streams
+    if workers > 1 and streams % workers:
+        share = workers // math.gcd(workers, streams)
+        log.warning("data.workers=%d does not divide data.streams=%d: each stream is read by %d workers "
+                    "(the same batches, %dx the reading and shuffle memory); a divisor of %d avoids it",
+                    workers, streams, share, share, streams)
 
 
 def _schema(config: Config, source: ShardSource) -> KeypointSchema:
@@ -105,6 +123,7 @@ def build_train_loader(config: Config, rank: int, world_size: int, epoch: int,
     """This rank's training batches of `epoch`, from batch `start_batch` on (exact resume)."""
     source = resolve_shards(config.data.train_shards)
     streams = streams_per_rank(config)
+    _warn_uneven_workers(config)
     total = batches_per_rank(source, config.data.samples_per_epoch, world_size, config.data.batch_size)
     plans = train_stream_plans(source, config.seed, epoch, rank, world_size, streams,
                                config.data.batch_size, config.data.samples_per_epoch)
@@ -120,8 +139,7 @@ def build_eval_loader(config: Config, rank: int, world_size: int, shards: Option
     """Unaugmented batches of config.eval.batch_size; over all ranks every sample exactly once
     (ranks may get different counts; the last batch of each worker may be short)."""
     source = resolve_shards(shards or config.data.val_shards, "data.val_shards")
-    streams = streams_per_rank(config)
-    plans = eval_stream_plans(source, rank, world_size, streams)
+    plans = eval_stream_plans(source, rank, world_size, _eval_streams(config))
     settings = StreamSettings(config.seed, 0, rank, config.eval.batch_size, shuffle_buffer=1, train=False,
                               max_bad_samples_logged=config.data.max_bad_samples_logged)
     dataset = PoseBatches(plans, settings, _maker(config, _schema(config, source), train=False), None)

@@ -77,6 +77,36 @@ def raw_stream(plan: StreamPlan, settings: StreamSettings, stream: int, errors: 
     return shuffle_buffer(raw, settings.shuffle_buffer, rng)
 
 
+class _ErrorGate:
+    """The reading errors of a stream, counted only while a position this process makes is read:
+    with a stream shared by several workers each error is still counted exactly once."""
+
+    def __init__(self, errors: ErrorCounter) -> None:
+        self.errors, self.on = errors, True
+
+    def record(self, kind: str, detail: str, amount: int = 1) -> None:
+        if self.on:
+            self.errors.record(kind, detail, amount)
+
+
+def _gated(raw_items: Iterator[RawSample], gate: _ErrorGate, make: Callable[[int], bool],
+           size: int) -> Iterator[RawSample]:
+    """raw_items, with the gate open while the raw sample of a made batch is being read."""
+    for position in itertools.count():
+        gate.on = make(position // size)
+        raw = next(raw_items, None)
+        if raw is None:
+            return
+        yield raw
+
+
+def _made_here(number: int, streams: int, stream: int, workers: int, worker: int, start: int) -> bool:
+    """Whether batch `number` of `stream`, the rank's batch g = number * V + stream, is one the
+    loader asks this worker for: g = start + worker + k * W (a module-level function: the dataset
+    is pickled into the workers)."""
+    return (number * streams + stream - start) % workers == worker
+
+
 class TrainStream:
     """One training stream: exactly plan.num_samples positions, in batches.
 
@@ -99,21 +129,29 @@ class TrainStream:
         start = self.plan.first_position + first
         return augmentation_draws(self.settings.seed, self.settings.epoch, range(start, start + count), NUM_DRAWS)
 
-    def batches(self, first_batch: int) -> Iterator[dict[str, Any]]:
-        """The stream's batches first_batch, first_batch + 1, ... (a resume reads and shuffles
-        the raw samples before them, without decoding)."""
+    def batches(self, first_batch: int = 0, make: Callable[[int], bool] = lambda number: True
+                ) -> Iterator[dict[str, Any]]:
+        """The stream's batches first_batch, first_batch + 1, ... for which make(number) holds.
+        The raw samples of the others (and of those before first_batch: a resume) are read and
+        shuffled but not decoded, so every batch is the same whichever process makes it."""
         size = self.settings.batch_size
-        raw_items = raw_stream(self.plan, self.settings, self.stream, self.errors)
-        for _ in range(first_batch * size):
-            raw = next(raw_items, None)
-            if raw is not None:
-                self.ring.append(raw)
+        gate = _ErrorGate(self.errors)
+        raw_items = _gated(raw_stream(self.plan, self.settings, self.stream, gate), gate, make, size)
+        taken = 0  # raw positions consumed (read ahead ones included once popped)
         for number in range(first_batch, self.plan.num_samples // size):
+            if not make(number):
+                continue
+            while taken < number * size:  # batches made elsewhere: only their raw samples
+                raw = self.ahead.popleft() if self.ahead else next(raw_items, None)
+                if raw is not None:
+                    self.ring.append(raw)
+                taken += 1
             images = None
             if self.image_shape is not None:
                 shape = (size, *self.image_shape, 3)
                 images = self.allocate(shape) if self.allocate is not None else np.empty(shape, np.uint8)
             raws = [self.ahead.popleft() if self.ahead else next(raw_items, None) for _ in range(size)]
+            taken += size
             samples = self._batch_samples(number * size, raws, images, raw_items)
             self.ring.extend(raw for raw in raws if raw is not None)
             yield self.maker.collate(samples, self.allocate, images)
@@ -214,13 +252,16 @@ def eval_batches(plan: StreamPlan, stream: int, settings: StreamSettings, maker:
 class PoseBatches(IterableDataset):
     """Whole batches from this rank's streams, made inside DataLoader workers.
 
-    Training: the loader asks workers 0..W-1 in turn for one batch each, so worker w makes the
-    rank's batches g = start + w, start + w + W, ...; batch g comes from stream g % V (W must
-    divide V, the streams per rank). The resulting order is start, start + 1, ... whatever the
-    workers' speed, and it does not even depend on W. Each batch carries 'batch_index' (g),
-    'data_worker' and 'data_errors' (that worker's cumulative counts this epoch). With `slots`,
-    workers collate the images into reused shared memory and send small fields inline
-    (transport.py)."""
+    Training: the rank's batch g comes from stream g % V (batch g // V of it), V = data.streams,
+    a fixed number: what a batch holds depends on (seed, epoch, rank, world size, V), never on
+    the workers. The loader asks workers 0..W-1 in turn for one batch each, so worker w makes
+    the batches g = start + w, start + w + W, ... and the order is start, start + 1, ... whatever
+    the workers' speed. When W divides V a stream lives in one worker; otherwise a stream's
+    batches are spread over W / gcd(V, W) workers, each reading (not decoding) the raw samples
+    of the batches the others make: the same batches, more reading. Each batch carries
+    'batch_index' (g), 'data_worker' and 'data_errors' (that worker's cumulative counts this
+    epoch). With `slots`, workers collate the images into reused shared memory and send small
+    fields inline (transport.py)."""
 
     def __init__(self, plans: list[StreamPlan], settings: StreamSettings, maker: SampleMaker,
                  total_batches: Optional[int], start_batch: int = 0,
@@ -261,15 +302,15 @@ class PoseBatches(IterableDataset):
     def _train(self, worker: int, workers: int, errors: ErrorCounter,
                allocate: Optional[ImageAllocator]) -> Iterator[tuple[int, dict]]:
         streams = len(self.plans)
-        if streams % workers:
-            raise ValueError(f"{workers} loader workers cannot share {streams} streams evenly")
         open_streams: dict[int, Iterator[dict]] = {}
         for index in range(self.start_batch + worker, self.total_batches, workers):
             stream = index % streams
             if stream not in open_streams:
                 maker = TrainStream(self.plans[stream], stream, self.settings, self.maker, errors, allocate,
                                     self.image_shape)
-                open_streams[stream] = maker.batches(index // streams)
+                mine = partial(_made_here, streams=streams, stream=stream, workers=workers, worker=worker,
+                               start=self.start_batch)
+                open_streams[stream] = maker.batches(index // streams, mine)
             yield index, next(open_streams[stream])
 
     def _eval(self, worker: int, workers: int, errors: ErrorCounter,
