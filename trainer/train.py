@@ -17,7 +17,7 @@ from trainer.backends import make_backend
 from trainer.backends.base import slow_precision_warning
 from trainer.checkpoint import CheckpointManager, load_weights_only
 from trainer.config import Config, ConfigError, check_data_paths, save_config, to_dict
-from trainer.data import DataErrorTally, build_train_loader, train_batches_per_epoch
+from trainer.data import DataError, DataErrorTally, build_train_loader, stand_in_batch, train_batches_per_epoch
 from trainer.evaluation.runner import IncompleteEvaluation, evaluate
 from trainer.model import build_model
 from trainer.model.codec import make_codec
@@ -132,11 +132,20 @@ def _train(config: Config, world: dist.WorldInfo, device: torch.device,
             while state["batch_in_epoch"] < epoch_batches:
                 loss_sum = torch.zeros((), device=device)
                 stack_sum = torch.zeros(config.model.stacks, device=device)
+                data_failure = None
                 for micro in range(accumulation):
                     wait_start = time.perf_counter()
-                    batch = next(batches)
-                    throughput.add(batch["image"].shape[0], time.perf_counter() - wait_start)
-                    data_errors.update(batch)
+                    batch = None
+                    if data_failure is None:
+                        try:
+                            batch = next(batches)
+                        except DataError as error:  # this rank's data failed: its peers hear it below
+                            data_failure = str(error)
+                    if batch is None:
+                        batch = stand_in_batch(config, schema.num_keypoints)  # keeps the collectives paired
+                    else:
+                        throughput.add(batch["image"].shape[0], time.perf_counter() - wait_start)
+                        data_errors.update(batch)
                     loss, per_stack = micro_batch_loss(backend, codec, batch, device, config.model.channels_last)
                     loss = faults.poison_loss(loss, state["step"] + 1)
                     backend.backward(loss, is_accumulation_boundary=micro == accumulation - 1)
@@ -149,8 +158,11 @@ def _train(config: Config, world: dist.WorldInfo, device: torch.device,
 
                 # One collective per step: every rank must agree to stop, or the others hang.
                 votes = torch.stack([torch.tensor(float(stop.requested), device=device),
-                                     (~torch.isfinite(loss_sum)).float()])
-                stop_votes, nonfinite_votes = dist.all_reduce_sum(votes).tolist()
+                                     (~torch.isfinite(loss_sum)).float(),
+                                     torch.tensor(float(data_failure is not None), device=device)])
+                stop_votes, nonfinite_votes, data_votes = dist.all_reduce_sum(votes).tolist()
+                if data_votes:
+                    raise DataError(_agreed_data_failure(data_failure, world))
                 if nonfinite_votes and config.optim.on_nonfinite_loss == "stop":
                     raise NonFiniteLoss(f"non-finite loss at step {state['step']} on {int(nonfinite_votes)} "
                                         f"rank(s); the last good checkpoint is {saved_path}")
@@ -217,6 +229,14 @@ def _train(config: Config, world: dist.WorldInfo, device: torch.device,
         requeue_slurm_job()
     tracker.finish("KILLED" if stopped_early else "FINISHED")
     return TrainResult(state["step"], state["best_metric"], last_eval, stopped_early, saved_path)
+
+
+def _agreed_data_failure(failure: str | None, world: dist.WorldInfo) -> str:
+    """One message, the same on every rank, naming the ranks whose data failed and why."""
+    failures = dist.all_gather_objects(failure)  # only on this path: every rank is here
+    lines = [f"rank {rank}: {text}" for rank, text in enumerate(failures) if text]
+    return (f"training data failed on {len(lines)} of {world.world_size} rank(s), all ranks stop:\n  "
+            + "\n  ".join(lines))
 
 
 def _memory_metrics(device: torch.device) -> dict[str, float]:

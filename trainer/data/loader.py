@@ -146,6 +146,15 @@ def build_eval_loader(config: Config, rank: int, world_size: int, shards: Option
     return _loader(dataset, config, _image_slots(config, config.eval.batch_size, batch_image_shape(config, source, False)))
 
 
+def stand_in_batch(config: Config, num_keypoints: int) -> dict[str, Any]:
+    """A batch that trains nothing (every keypoint weight zero) for a rank whose data failed: it
+    still takes part in the step's collectives, after which all ranks agree to stop."""
+    width, height = config.model.input_size
+    size = config.data.batch_size
+    return {"image": torch.zeros(size, height, width, 3, dtype=torch.uint8),
+            "keypoints": torch.zeros(size, num_keypoints, 2), "weights": torch.zeros(size, num_keypoints)}
+
+
 def merge_error_counts(per_worker: Iterable[dict[str, int]]) -> dict[str, int]:
     """Sum the cumulative counts of several workers (or ranks) into one dict."""
     total = {kind: 0 for kind in ERROR_KINDS}

@@ -19,7 +19,7 @@ from collections import deque
 from dataclasses import dataclass
 from functools import partial
 from itertools import islice
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from .plan import SHUFFLE, StreamPlan, augmentation_draws, make_rng
 from .reader import REPLACED, ErrorCounter, RawSample, read_segments
 from .transforms import NUM_DRAWS
 from .samples import BadSample, ImageAllocator, Sample, SampleMaker
-from .transport import ImageSlots, to_wire
+from .transport import DATA_FAILURE, ImageSlots, to_wire
 from .sources import DataError
 
 RING_SIZE = 64  # recent raw samples kept as replacements for bad ones (a few MB of jpg bytes)
@@ -118,11 +118,13 @@ class TrainStream:
 
     def __init__(self, plan: StreamPlan, stream: int, settings: StreamSettings, maker: SampleMaker,
                  errors: ErrorCounter, allocate: Optional[ImageAllocator] = None,
-                 image_shape: Optional[tuple[int, int]] = None) -> None:
+                 image_shape: Optional[tuple[int, int]] = None, siblings: Sequence[StreamPlan] = ()) -> None:
         self.plan, self.stream, self.settings, self.maker, self.errors = plan, stream, settings, maker, errors
         self.allocate, self.image_shape = allocate, image_shape
+        self.siblings = siblings  # the rank's streams' plans (this one included), for _borrowed
         self.ring: deque[RawSample] = deque(maxlen=RING_SIZE)
         self.ahead: deque[RawSample] = deque()  # read early to fill a position (see _replacement)
+        self.borrowed: Optional[list[RawSample]] = None
 
     def _draws(self, first: int, count: int) -> np.ndarray:
         """The augmentation draws of stream positions first .. first + count - 1."""
@@ -208,9 +210,7 @@ class TrainStream:
             if index == len(self.ahead):
                 raw = next(raw_items, None)
                 if raw is None:
-                    raise DataError(f"training stream {self.stream} of rank {self.settings.rank} found no "
-                                    f"readable sample in its shards (epoch {self.settings.epoch}): see the "
-                                    f"data errors logged above")
+                    return self._borrowed(position, draws, into)
                 self.ahead.append(raw)
             try:
                 sample = self.maker.make(self.ahead[index], draws, into)
@@ -219,6 +219,32 @@ class TrainStream:
             self.errors.record(REPLACED, f"position {position} of stream {self.stream} filled with a later sample")
             return sample
         raise AssertionError("unreachable")
+
+    def _borrowed(self, position: int, draws: np.ndarray, into: Optional[np.ndarray]) -> Sample:
+        """Nothing readable in this whole stream: samples of the rank's other streams, read from
+        their starts in a fixed order (any worker finds the same ones). Only when the rank has
+        no readable sample at all is this a DataError naming its shards."""
+        if self.borrowed is None:
+            self.borrowed = []
+            for offset in range(1, len(self.siblings)):
+                index = (self.stream + offset) % len(self.siblings)
+                quiet = _ErrorGate(self.errors)
+                quiet.on = False  # counted where the sibling stream itself reads them
+                self.borrowed = list(islice(raw_stream(self.siblings[index], self.settings, index, quiet), RING_SIZE))
+                if self.borrowed:
+                    break
+        for attempt in range(len(self.borrowed)):
+            try:
+                sample = self.maker.make(self.borrowed[(position + attempt) % len(self.borrowed)], draws, into)
+            except BadSample:
+                continue
+            self.errors.record(REPLACED, f"position {position} of stream {self.stream} filled from another stream")
+            return sample
+        urls = sorted({segment.url for plan in (self.siblings or [self.plan]) for segment in plan.segments}
+                      | set(self.plan.resample_urls))
+        shown = ", ".join(urls[:8]) + (f" and {len(urls) - 8} more" if len(urls) > 8 else "")
+        raise DataError(f"rank {self.settings.rank} found no readable training sample in its shards "
+                        f"(epoch {self.settings.epoch}): {shown}")
 
 
 def eval_batches(plan: StreamPlan, stream: int, settings: StreamSettings, maker: SampleMaker,
@@ -287,6 +313,17 @@ class PoseBatches(IterableDataset):
             batches = self._train(worker, workers, errors, allocate)
         else:
             batches = self._eval(worker, workers, errors, allocate)
+        try:
+            for index, batch in self._finished(batches, worker, errors, allocate, info is not None):
+                yield batch
+        except DataError as error:
+            # this rank cannot fill its batches: the trainer hears it as a batch (the worker stays
+            # healthy, no traceback in the message) and agrees with the other ranks to stop
+            yield {DATA_FAILURE: str(error), "data_worker": worker, "data_errors": errors.snapshot()}
+
+    def _finished(self, batches: Iterator[tuple[int, dict]], worker: int, errors: ErrorCounter,
+                  allocate: Optional[ImageAllocator], in_worker: bool) -> Iterator[tuple[int, dict]]:
+        """Targets, slot sealing and bookkeeping fields added; small fields made wire-ready."""
         for index, batch in batches:
             if self.targets is not None:
                 batch["heatmaps"], batch["target_weights"] = self.targets(batch["keypoints"], batch["weights"])
@@ -295,9 +332,9 @@ class PoseBatches(IterableDataset):
             batch["batch_index"] = index
             batch["data_worker"] = worker
             batch["data_errors"] = errors.snapshot()
-            if info is not None:
+            if in_worker:
                 to_wire(batch)
-            yield batch
+            yield index, batch
 
     def _train(self, worker: int, workers: int, errors: ErrorCounter,
                allocate: Optional[ImageAllocator]) -> Iterator[tuple[int, dict]]:
@@ -307,7 +344,7 @@ class PoseBatches(IterableDataset):
             stream = index % streams
             if stream not in open_streams:
                 maker = TrainStream(self.plans[stream], stream, self.settings, self.maker, errors, allocate,
-                                    self.image_shape)
+                                    self.image_shape, self.plans)
                 mine = partial(_made_here, streams=streams, stream=stream, workers=workers, worker=worker,
                                start=self.start_batch)
                 open_streams[stream] = maker.batches(index // streams, mine)

@@ -30,8 +30,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from .sources import DataError
+
 SLOT_KEY = "image_slot"  # (slot, n, h, w, c) in place of 'image' for a batch sent through a slot
 INLINE_BYTES = 1 << 16
+DATA_FAILURE = "data_failure"  # a "batch" that says the rank's data failed (pipeline.PoseBatches)
 
 
 def to_wire(batch: dict[str, Any]) -> None:
@@ -144,6 +147,8 @@ class PoseLoader:
         slots = self.make_slots() if self.make_slots is not None else None
         self.slots = self.loader.dataset.slots = slots  # the workers start with the dataset as it is now
         for batch in self.loader:
+            if DATA_FAILURE in batch:
+                raise DataError(batch[DATA_FAILURE])
             from_wire(batch)
             if SLOT_KEY in batch:
                 slots.take(int(batch["data_worker"]), batch, self.pin_memory)

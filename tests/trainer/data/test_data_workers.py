@@ -9,7 +9,7 @@ import pytest
 
 from shards.manifest import shard_paths
 from tests.trainer.data.data_testlib import copy_shards, make_coco_shards, rewrite_member, shard_keys, small_config
-from trainer.data import DataErrorTally, build_train_loader, resolve_shards
+from trainer.data import DataError, DataErrorTally, build_train_loader, resolve_shards
 from trainer.data.plan import train_stream_plans
 
 STREAMS = 4  # small, so that 3 and 5 workers do not divide it: streams shared between workers
@@ -20,8 +20,8 @@ def coco(tmp_path_factory) -> str:
     return make_coco_shards(str(tmp_path_factory.mktemp("workers")), images=16)[0]
 
 
-def batches(shards: str, workers: int, start: int = 0, epoch: int = 1) -> list[dict]:
-    config = small_config(shards, batch_size=3, workers=workers, streams=STREAMS)
+def batches(shards: str, workers: int, start: int = 0, epoch: int = 1, streams: int = STREAMS) -> list[dict]:
+    config = small_config(shards, batch_size=3, workers=workers, streams=streams)
     return list(build_train_loader(config, 0, 1, epoch, start_batch=start))
 
 
@@ -70,3 +70,21 @@ def test_bad_data_is_replaced_and_counted_alike_whatever_the_workers(coco, tmp_p
     assert same(runs[0][0], runs[3][0])
     assert runs[0][1] == runs[3][1]  # each error counted once, by the worker that made its batch
     assert runs[0][1]["corrupt_image"] >= 1 and runs[0][1]["replaced_samples"] >= 1
+
+
+def test_dead_streams_borrow_from_live_ones_and_a_dead_rank_names_its_shards(coco, tmp_path, caplog):
+    bad = copy_shards(coco, str(tmp_path / "dead"))
+    paths = shard_paths(bad)
+    for path in paths[::2]:  # every other shard holds no tar at all: some streams have nothing
+        with open(path, "wb") as f:
+            f.write(b"not a tar " * 50)
+    made = {workers: batches(bad, workers, streams=12) for workers in (0, 2, 3)}
+    assert same(made[0], made[2]) and same(made[0], made[3])
+    assert len(made[0]) == len(batches(coco, 0, streams=12))  # every position filled
+    assert "filled from another stream" in caplog.text  # 12 streams of 3 samples: some lie in dead shards
+    for path in paths[1::2]:
+        with open(path, "wb") as f:
+            f.write(b"not a tar " * 50)
+    with pytest.raises(DataError, match="found no readable training sample") as failure:
+        batches(bad, workers=2)
+    assert all(path in str(failure.value) for path in sorted(paths)[:8])
