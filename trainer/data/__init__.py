@@ -14,10 +14,10 @@ from .loader import (DataErrorTally, build_eval_loader, build_train_loader, merg
                      stand_in_batch, streams_per_rank, train_batches_per_epoch, warp_on_device)
 from .on_device import network_inputs, normalize_images
 from .reader import ERROR_KINDS
-from .sources import DataError, eval_num_samples, resolve_shards
+from .sources import DataError, eval_manifest, eval_num_samples, resolve_shards
 
 __all__ = [
     "DataError", "DataErrorTally", "ERROR_KINDS", "build_eval_loader", "build_train_loader",
-    "eval_num_samples", "merge_error_counts", "network_inputs", "normalize_images", "resolve_shards",
+    "eval_manifest", "eval_num_samples", "merge_error_counts", "network_inputs", "normalize_images", "resolve_shards",
     "stand_in_batch", "streams_per_rank", "train_batches_per_epoch", "warp_on_device",
 ]

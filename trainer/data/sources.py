@@ -134,6 +134,15 @@ def resolve_shards(location: str, field: str = "data.train_shards") -> ShardSour
     return ShardSource(location, tuple(paths), counts, manifest)
 
 
+def eval_manifest(shards: str) -> dict[str, Any]:
+    """The manifest of an evaluation shard set, local or remote: it holds the ground truth."""
+    source = resolve_shards(shards, "data.val_shards")
+    if source.manifest is None:
+        raise DataError(f"'data.val_shards' = {shards!r}: no manifest.json next to the shards; evaluation "
+                        f"needs its ground truth (a set written by `python -m shards coco|mpii`)")
+    return source.manifest
+
+
 def eval_num_samples(shards: str) -> int:
     """Number of samples of an evaluation shard set, from its manifest."""
     source = resolve_shards(shards, "data.val_shards")

@@ -9,11 +9,11 @@ import sys
 
 import torch
 
-from shards.manifest import read_manifest
 from shards.schema import load_schema
 from trainer import dist
 from trainer.checkpoint import load_weights_only, read_checkpoint_config
 from trainer.config import ConfigError, config_from_dict, parse_override, set_dotted
+from trainer.data import eval_manifest
 from trainer.evaluation.runner import (IncompleteEvaluation, gather_predictions, predict_samples, score,
                                        write_predictions)
 from trainer.evaluation.coco_metric import coco_keypoint_eval, format_coco_table, load_coco_results
@@ -25,7 +25,7 @@ from trainer.model.codec import make_codec
 def run_eval(args: argparse.Namespace) -> int:
     if bool(args.checkpoint) == bool(args.predictions):
         raise ConfigError("eval needs exactly one of --checkpoint and --predictions")
-    manifest = read_manifest(args.shards)
+    manifest = eval_manifest(args.shards)
     if args.predictions:
         return _score_predictions_file(args.predictions, manifest)
     return _evaluate_checkpoint(args, manifest)

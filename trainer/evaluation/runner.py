@@ -13,12 +13,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from shards.manifest import read_manifest
 from shards.schema import KeypointSchema
 from trainer import dist
 from trainer.model.codec import Forward, HeatmapCodec, predict_heatmaps, to_image_pixels
 from trainer.config import Config
-from trainer.data import build_eval_loader, normalize_images
+from trainer.data import build_eval_loader, eval_manifest, normalize_images
 from trainer.evaluation.coco_metric import coco_keypoint_eval
 from trainer.evaluation.instances import build_coco_results, label_metrics
 from trainer.evaluation.pckh import pckh_table
@@ -151,7 +150,7 @@ def evaluate(backend: Any, config: Config, world: dist.WorldInfo, device: torch.
     metrics: dict[str, float] | None = None
     error: str | None = None
     if world.is_main:
-        manifest = read_manifest(shards)
+        manifest = eval_manifest(shards)
         try:
             metrics = score(everything, manifest, schema, config.eval.allow_incomplete)
         except IncompleteEvaluation as incomplete:
