@@ -144,12 +144,16 @@ def _kind(error: BaseException, bounded: "Bounded") -> str:
 
 def _named(files: Iterator[dict], bounded: Bounded, url: str, on_error: OnError) -> Iterator[dict]:
     """Members between the tar stage and the grouping: restart the member budget, report names
-    without a key (webdataset's grouping would drop them silently)."""
+    without a key (webdataset's grouping drops them silently). The check is the grouping's
+    pattern (base_plus_ext: a key of no dots, a dot, an extension) as string tests."""
     for item in files:
         bounded.new_member()
-        if item and tariterators.base_plus_ext(item["fname"])[0] is None:
-            on_error(UNNAMED_MEMBER, f"{url}: member {item['fname']!r} has no key.extension name")
-            continue
+        if item:
+            name = item["fname"]
+            base = name[name.rfind("/") + 1:]
+            if not base or base[0] == "." or "." not in base:
+                on_error(UNNAMED_MEMBER, f"{url}: member {name!r} has no key.extension name")
+                continue
         yield item
 
 

@@ -67,7 +67,10 @@ class RawSample:
 def shard_samples(url: str, errors: ErrorCounter) -> Iterator[RawSample]:
     """Samples of one shard; problems counted by kind (shards.reading)."""
     for sample in reading.iter_samples(url, errors.record):
-        yield RawSample(sample["__key__"], {k: v for k, v in sample.items() if not k.startswith("__")}, url)
+        key = sample.pop("__key__")
+        for meta in [name for name in sample if name.startswith("__")]:
+            del sample[meta]
+        yield RawSample(key, sample, url)
 
 
 def read_segments(segments: Iterable[Segment], errors: ErrorCounter,
