@@ -34,17 +34,23 @@ SUMMARY_EVERY_S = 60.0
 
 @dataclass
 class ErrorCounter:
-    """Counts per kind; the first `max_logged` events are logged one by one, after that a summary
-    at most once a minute (a clock comparison, never a sleep)."""
+    """Counts per kind; the first `max_logged` events are logged one by one, and the first of
+    every kind in any case; after that a summary at most once a minute (a clock comparison,
+    never a sleep)."""
 
     max_logged: int = 10
     counts: dict[str, int] = field(default_factory=lambda: {k: 0 for k in ERROR_KINDS})
     _logged: int = 0
     _last_summary: float = 0.0
+    _kinds_logged: set = field(default_factory=set)
 
     def record(self, kind: str, detail: str, amount: int = 1) -> None:
         self.counts[kind] = self.counts.get(kind, 0) + amount
-        if self._logged < self.max_logged:
+        if kind not in self._kinds_logged:
+            self._kinds_logged.add(kind)
+            self._logged += 1
+            log.warning("data: %s: %s", kind, detail)
+        elif self._logged < self.max_logged:
             self._logged += 1
             suffix = " (further data errors of this worker are only counted)" if self._logged == self.max_logged else ""
             log.warning("data: %s: %s%s", kind, detail, suffix)
