@@ -18,13 +18,17 @@ What this module adds is the bounds webdataset leaves open:
 from __future__ import annotations
 
 import bz2
+import functools
 import gzip
+import hashlib
 import io
 import lzma
 from typing import Callable, Iterator, Optional
+from urllib.parse import urlparse
 
 from webdataset.gopen import gopen
 from webdataset import tariterators
+from webdataset.cache import FileCache
 
 # error kinds reported through `on_error` (also the trainer's counter names)
 UNREADABLE_SHARD = "unreadable_shard"  # cannot be opened (missing file, failed command, network)
@@ -127,10 +131,25 @@ def plain_tar(stream):
     return inner
 
 
-def open_shard(url: str):
-    """A local path with a large read buffer; anything else (pipe:, http(s), ...) through gopen."""
+def cache_name(url: str) -> str:
+    """A cache file name unique to the url (webdataset's default keeps only the file name, and
+    train/000000.tar would meet val/000000.tar)."""
+    base = urlparse(url).path.rsplit("/", 1)[-1] if "://" in url else url.rsplit("/", 1)[-1].split()[0]
+    return f"{hashlib.sha1(url.encode()).hexdigest()[:16]}-{base}"
+
+
+@functools.lru_cache(maxsize=8)
+def _file_cache(directory: str) -> FileCache:
+    return FileCache(directory, url_to_name=cache_name)  # download to a temp name, rename, check it is a tar
+
+
+def open_shard(url: str, cache_dir: str = ""):
+    """A local path with a large read buffer; anything else (pipe:, http(s), ...) through gopen,
+    or with `cache_dir` through webdataset's FileCache (downloaded once, then read locally)."""
     if "://" not in url and not url.startswith("pipe:"):
         return open(url, "rb", buffering=READ_BUFFER)
+    if cache_dir:
+        return open(_file_cache(cache_dir).get_file(url), "rb", buffering=READ_BUFFER)
     return gopen(url, "rb", bufsize=READ_BUFFER)
 
 
@@ -157,11 +176,12 @@ def _named(files: Iterator[dict], bounded: Bounded, url: str, on_error: OnError)
         yield item
 
 
-def iter_samples(url: str, on_error: OnError, max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[dict]:
+def iter_samples(url: str, on_error: OnError, max_member_bytes: int = MAX_MEMBER_BYTES,
+                 cache_dir: str = "") -> Iterator[dict]:
     """webdataset samples ({'__key__', '__url__', ext: bytes, ...}) of one shard, in order. Every
     problem goes to on_error(kind, detail); iteration then ends (damaged tar) or goes on."""
     try:
-        stream = open_shard(url)
+        stream = open_shard(url, cache_dir)
     except Exception as error:  # missing file, failed command, network: this shard is lost
         on_error(UNREADABLE_SHARD, f"{url}: {error}")
         return

@@ -36,6 +36,9 @@ class DataConfig:
     # raw samples buffered per stream for shuffling: memory ~ streams x this x a sample's bytes
     shuffle_buffer: int = 500
     samples_per_epoch: Optional[int] = None  # set: resampled shards with a fixed epoch length
+    # remote shards (http(s), pipe:): downloaded once into this directory by webdataset's
+    # FileCache and read locally after that; "" streams them every epoch
+    cache_dir: str = ""
     targets_on_device: bool = True  # heatmaps made by the codec on the training device
     # where training images are warped + colour-jittered: in the loader workers (OpenCV), or on
     # the training device (grid_sample; workers only decode); auto = device when CUDA is used

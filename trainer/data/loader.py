@@ -128,7 +128,8 @@ def build_train_loader(config: Config, rank: int, world_size: int, epoch: int,
     plans = train_stream_plans(source, config.seed, epoch, rank, world_size, streams,
                                config.data.batch_size, config.data.samples_per_epoch)
     settings = StreamSettings(config.seed, epoch, rank, config.data.batch_size, config.data.shuffle_buffer,
-                              train=True, max_bad_samples_logged=config.data.max_bad_samples_logged)
+                              train=True, max_bad_samples_logged=config.data.max_bad_samples_logged,
+                              cache_dir=config.data.cache_dir)
     maker = _maker(config, _schema(config, source), train=True)
     shape = batch_image_shape(config, source, maker.warp_on_device)
     dataset = PoseBatches(plans, settings, maker, total, start_batch, _worker_targets(config), shape)
@@ -141,7 +142,8 @@ def build_eval_loader(config: Config, rank: int, world_size: int, shards: Option
     source = resolve_shards(shards or config.data.val_shards, "data.val_shards")
     plans = eval_stream_plans(source, rank, world_size, _eval_streams(config))
     settings = StreamSettings(config.seed, 0, rank, config.eval.batch_size, shuffle_buffer=1, train=False,
-                              max_bad_samples_logged=config.data.max_bad_samples_logged)
+                              max_bad_samples_logged=config.data.max_bad_samples_logged,
+                              cache_dir=config.data.cache_dir)
     dataset = PoseBatches(plans, settings, _maker(config, _schema(config, source), train=False), None)
     return _loader(dataset, config, _image_slots(config, config.eval.batch_size, batch_image_shape(config, source, False)))
 

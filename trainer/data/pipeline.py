@@ -44,6 +44,7 @@ class StreamSettings:
     shuffle_buffer: int  # 1: no shuffling (evaluation)
     train: bool  # replace bad samples and keep exact counts (train) or skip them (eval)
     max_bad_samples_logged: int = 10
+    cache_dir: str = ""  # remote shards: a local copy kept here (data.cache_dir)
 
 
 def shuffle_buffer(items: Iterator[RawSample], size: int, rng: np.random.Generator) -> Iterator[RawSample]:
@@ -68,7 +69,7 @@ def raw_stream(plan: StreamPlan, settings: StreamSettings, stream: int, errors: 
     """Stages 5-6 for one stream: its segments' samples (at most num_samples), shuffled."""
     endless = bool(plan.resample_urls)
     limit = 2 * len(plan.resample_urls) + 8 if endless else None
-    raw = read_segments(plan.shard_segments(), errors, max_empty_in_a_row=limit)
+    raw = read_segments(plan.shard_segments(), errors, max_empty_in_a_row=limit, cache_dir=settings.cache_dir)
     if plan.num_samples is not None:
         raw = islice(raw, plan.num_samples)
     if settings.shuffle_buffer <= 1:

@@ -70,9 +70,9 @@ class RawSample:
     url: str
 
 
-def shard_samples(url: str, errors: ErrorCounter) -> Iterator[RawSample]:
+def shard_samples(url: str, errors: ErrorCounter, cache_dir: str = "") -> Iterator[RawSample]:
     """Samples of one shard; problems counted by kind (shards.reading)."""
-    for sample in reading.iter_samples(url, errors.record):
+    for sample in reading.iter_samples(url, errors.record, cache_dir=cache_dir):
         key = sample.pop("__key__")
         for meta in [name for name in sample if name.startswith("__")]:
             del sample[meta]
@@ -80,7 +80,7 @@ def shard_samples(url: str, errors: ErrorCounter) -> Iterator[RawSample]:
 
 
 def read_segments(segments: Iterable[Segment], errors: ErrorCounter,
-                  max_empty_in_a_row: Optional[int] = None) -> Iterator[RawSample]:
+                  max_empty_in_a_row: Optional[int] = None, cache_dir: str = "") -> Iterator[RawSample]:
     """Raw samples of the segments in order, honouring each segment's skip/take. With an endless
     (resampled) segment list, `max_empty_in_a_row` shards without a sample end it with an error
     instead of looping forever."""
@@ -88,7 +88,7 @@ def read_segments(segments: Iterable[Segment], errors: ErrorCounter,
     for segment in segments:
         produced = 0
         # closing(): leaving a shard early must close its file or pipe now, not at garbage collection
-        with closing(shard_samples(segment.url, errors)) as shard:
+        with closing(shard_samples(segment.url, errors, cache_dir)) as shard:
             for index, sample in enumerate(shard):
                 if index < segment.skip:
                     continue

@@ -46,3 +46,21 @@ def test_a_missing_url_is_counted_as_unreadable(served):
     assert list(read_segments([Segment(f"{base}/train/absent.tar")], errors)) == []
     assert errors.counts["unreadable_shard"] == 1  # curl -f: HTTP 404 is exit status 22
     assert resolve_shards(f"{base}/nowhere/{{000000..000001}}.tar").counts is None  # no manifest there
+
+
+def test_a_cache_dir_downloads_remote_shards_once(served, tmp_path):
+    train, _, base = served
+    remote = resolve_shards(_pattern(base, train)).location
+    cache = tmp_path / "cache"
+    config = small_config(remote, workers=2, cache_dir=str(cache))
+    first = [b["key"] for b in build_train_loader(config, 0, 1, epoch=1)]
+    cached = sorted(p.name for p in cache.iterdir())
+    assert len(cached) == len(resolve_shards(train).urls) and len(set(cached)) == len(cached)
+    local = [b["key"] for b in build_train_loader(small_config(train, workers=2), 0, 1, epoch=1)]
+    assert first == local
+    with open(resolve_shards(train).urls[0], "rb") as f:  # the cached copy is the served file
+        served_bytes = f.read()
+    assert any(served_bytes == p.read_bytes() for p in cache.iterdir())
+    stamps = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
+    assert [b["key"] for b in build_train_loader(config, 0, 1, epoch=2)]  # the next epoch: from the cache
+    assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == stamps
