@@ -23,6 +23,7 @@ pytestmark = pytest.mark.slow
 TIMEOUT_S = 300.0  # dist.timeout_s: a rank left waiting would fail only after this
 RUN_LIMIT_S = 240
 STEPS = 13  # 104 samples / (batch 4 x 2 ranks)
+STREAMS = "data.streams=12"  # streams of one shard each: some of rank 1's streams have nothing readable
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def data(tmp_path_factory) -> Path:
 
 def rank_shards(shards: Path, rank: int) -> list[str]:
     """The shards `rank` reads in epoch 0, in its reading order (from the trainer's own plan)."""
-    config = load_config(DEMO_CONFIG, [*TINY_OVERRIDES, f"data.train_shards={shards / 'train'}"])
+    config = load_config(DEMO_CONFIG, [*TINY_OVERRIDES, STREAMS, f"data.train_shards={shards / 'train'}"])
     plans = train_stream_plans(resolve_shards(config.data.train_shards), config.seed, 0, rank, 2,
                                streams_per_rank(config), config.data.batch_size, None)
     return list(dict.fromkeys(segment.url for plan in plans for segment in plan.segments))
@@ -59,7 +60,8 @@ def damaged_copy(data: Path, tmp_path: Path, which: slice) -> tuple[Path, list[s
 
 
 def torchrun(shards: Path, output: Path) -> tuple[int, str, float]:
-    command = torchrun_command(2, "-m", "trainer", "train", *train_args(shards, output, f"dist.timeout_s={TIMEOUT_S}"))
+    command = torchrun_command(2, "-m", "trainer", "train",
+                               *train_args(shards, output, f"dist.timeout_s={TIMEOUT_S}", STREAMS))
     started = time.monotonic()
     done = subprocess.run(command, cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=RUN_LIMIT_S)
     return done.returncode, done.stdout + done.stderr, time.monotonic() - started
