@@ -5,7 +5,9 @@ or a tiny unlabelled person (num_keypoints 0), then 1-4 articulated people (heig
 the image, rotated, overlapping, some cut by the frame: v=0), objects in front of some of them
 (joints behind another person or an object: v=1), and sensor grain. Deterministic by seed: image
 i of a split depends only on (seed, split, i), whatever the number of workers.
-MPII files use MATLAB's 1-based pixel coordinates, like the real ones; the readers subtract 1.
+MPII files use MATLAB's 1-based pixel coordinates, like the real ones; the readers subtract 1. The MPII
+json files carry no head boxes (as HRNet's / mmpose's do not); the val people's head boxes go to
+annotations/gt_valid.mat in the evaluation file's layout, and all of them to the release .mat.
 """
 from __future__ import annotations
 
@@ -204,7 +206,7 @@ def _mpii_person(name: str, person: dict) -> dict:
 
 def synth_mpii(out: str, images: int, val_images: int, seed: int, difficulty: Difficulty,
                workers: int = 1) -> dict:
-    from .synth_mat import write_release_mat
+    from .synth_mat import write_head_boxes_mat, write_release_mat
 
     img_dir = os.path.join(out, "images")
     os.makedirs(img_dir, exist_ok=True)
@@ -220,7 +222,10 @@ def synth_mpii(out: str, images: int, val_images: int, seed: int, difficulty: Di
                    if (p["vis"][MPII_JOINTS] > 0).any()]
         per_split[split] = entries
         all_names += names
-        write_json(os.path.join(out, "annotations", f"{split}.json"), entries)
+        # like the real train.json / valid.json: no head boxes (those live in gt_valid.mat)
+        write_json(os.path.join(out, "annotations", f"{split}.json"),
+                   [{k: v for k, v in e.items() if k != "head_box"} for e in entries])
     write_release_mat(os.path.join(out, "annotations", "mpii_human_pose_v1_u12_1.mat"),
                       all_names, per_split["train"] + per_split["val"])
+    write_head_boxes_mat(os.path.join(out, "annotations", "gt_valid.mat"), per_split["val"])
     return {"train_people": len(per_split["train"]), "val_people": len(per_split["val"])}
