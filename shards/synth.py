@@ -155,17 +155,25 @@ def _coco_ann(ann_id: int, image_id: int, box: list[float], area: float, crowd: 
             "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]}
 
 
+def _jittered(ann: dict, rng: np.random.Generator, spread: float, score: float) -> dict:
+    x, y, w, h = ann["bbox"]
+    jx, jy, jw, jh = rng.normal(0, spread, 4) * (w, h, w, h)
+    return {"image_id": ann["image_id"], "category_id": 1, "score": round(score, 4),
+            "bbox": [round(float(v), 2) for v in (x + jx, y + jy, max(2.0, w + jw), max(2.0, h + jh))]}
+
+
 def _detections(data: dict, seed: int) -> list[dict]:
-    """A person detector's output: jittered true boxes, a few misses and false positives."""
+    """A person detector's output: jittered true boxes, a few misses, near-duplicate boxes of some
+    people (what OKS-NMS removes) and low-scoring false positives."""
     rng = np.random.default_rng([seed, 99])
     dets = []
     for ann in data["annotations"]:
         if ann["iscrowd"] or rng.random() < 0.05:
             continue
-        x, y, w, h = ann["bbox"]
-        jx, jy, jw, jh = rng.normal(0, 0.05, 4) * (w, h, w, h)
-        dets.append({"image_id": ann["image_id"], "category_id": 1, "score": round(float(rng.uniform(0.5, 1.0)), 4),
-                     "bbox": [round(float(v), 2) for v in (x + jx, y + jy, max(2.0, w + jw), max(2.0, h + jh))]})
+        score = float(rng.uniform(0.5, 1.0))
+        dets.append(_jittered(ann, rng, 0.05, score))
+        if rng.random() < 0.3:
+            dets.append(_jittered(ann, rng, 0.03, score * float(rng.uniform(0.6, 0.95))))
     for img in data["images"]:
         for _ in range(int(rng.integers(0, 3))):
             w, h = rng.uniform(20, 200, 2)
