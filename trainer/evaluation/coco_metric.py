@@ -107,8 +107,8 @@ def subset_ground_truth(ground_truth: Mapping[str, Any],
     return subset
 
 
-def load_coco_results(path: str | Path) -> list[dict[str, Any]]:
-    """Read a predictions file in the COCO keypoint results format, checking every entry."""
+def load_predictions_list(path: str | Path) -> list[Any]:
+    """The JSON list in a predictions file (COCO results or poseforge's per-sample records)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -121,6 +121,13 @@ def load_coco_results(path: str | Path) -> list[dict[str, Any]]:
     if not isinstance(data, list):
         raise MetricInputError(f"{path}: expected a JSON list of COCO keypoint results, "
                                f"got {type(data).__name__}")
+    return data
+
+
+def load_coco_results(path: str | Path, data: list[Any] | None = None) -> list[dict[str, Any]]:
+    """Read a predictions file in the COCO keypoint results format (or check `data`, its list),
+    checking every entry."""
+    data = load_predictions_list(path) if data is None else data
     for index, entry in enumerate(data):
         problem = _result_problem(entry)
         if problem:

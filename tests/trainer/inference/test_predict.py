@@ -85,11 +85,15 @@ def test_boxes_json_formats(tmp_path):
     images = [str(tmp_path / "000000000042.jpg"), str(tmp_path / "b.jpg")]
     by_name = tmp_path / "named.json"
     by_name.write_text(json.dumps({"b.jpg": [[1, 2, 3, 4]]}))
-    assert [b.shape for b in load_boxes(str(by_name), images)] == [(0, 4), (1, 4)]
+    assert [b.shape for b, _ in load_boxes(str(by_name), images)] == [(0, 4), (1, 4)]
+    assert load_boxes(str(by_name), images)[1][1].tolist() == [1.0]  # no score given: 1
+    by_name.write_text(json.dumps({"b.jpg": [[1, 2, 3, 4, 0.25]]}))
+    assert load_boxes(str(by_name), images)[1][1].tolist() == [0.25]
     coco = tmp_path / "dets.json"
     coco.write_text(json.dumps([{"image_id": 42, "bbox": [1, 2, 3, 4], "score": 0.9, "category_id": 1},
                                 {"image_id": 42, "bbox": [1, 2, 3, 4], "score": 0.9, "category_id": 3}]))
-    assert [b.shape for b in load_boxes(str(coco), images)] == [(1, 4), (0, 4)]
+    assert [b.shape for b, _ in load_boxes(str(coco), images)] == [(1, 4), (0, 4)]
+    assert load_boxes(str(coco), images)[0][1].tolist() == [0.9]
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"b.jpg": [[1, 2, 0, 4]]}))
     with pytest.raises(ImageInputError, match="positive width"):
