@@ -125,3 +125,27 @@ def test_cli_writes_json_and_overlays_and_refuses_bad_input(checkpoint, tmp_path
                               cwd=REPO, capture_output=True, text=True, timeout=300)
         assert done.returncode == 2, done.stderr
         assert str(bad) in done.stderr and words in done.stderr and "Traceback" not in done.stderr
+
+
+def test_predict_drops_low_scores_and_near_duplicate_boxes(checkpoint, tmp_path):
+    """--box-score-thr drops the low box; of two identical boxes (OKS 1 > 0.9) one is drawn; the
+    instance score is box score x mean keypoint score above 0.2 (the evaluation protocol)."""
+    from trainer.__main__ import main as trainer_main
+
+    images = write_images(tmp_path / "in", [(160, 120)])
+    dets = tmp_path / "dets.json"
+    dets.write_text(json.dumps([{"image_id": 100, "category_id": 1, "bbox": box, "score": score}
+                                for box, score in (([10, 10, 60, 90], 0.9), ([10, 10, 60, 90], 0.8),
+                                                   ([100, 20, 40, 80], 0.05))]))
+    counts = {}
+    for threshold in ("0.3", "0.0"):
+        out = tmp_path / f"out{threshold}"
+        assert trainer_main(["predict", "--model", checkpoint, "--images", *images, "--boxes", str(dets),
+                             "--out", str(out), "--no-overlays", "--box-score-thr", threshold]) == 0
+        results = json.loads((out / "keypoints.json").read_text())
+        counts[threshold] = len(results)
+        # the identical boxes give identical keypoints: the 0.9 one is kept, best first
+        scores = np.asarray(results[0]["keypoints"]).reshape(-1, 3)[:, 2]
+        confident = scores[scores > 0.2]
+        assert results[0]["score"] == pytest.approx(0.9 * confident.mean() if len(confident) else 0.0)
+    assert counts == {"0.3": 1, "0.0": 2}
