@@ -91,9 +91,11 @@ def render_image(seed: int, split: str, index: int, difficulty: Difficulty
             if ear_hidden(fig, side) and vis[J[f"{side}_ear"]] == 2:
                 vis[J[f"{side}_ear"]] = 1
         head = np.array([fig.joints[J["head_top"]], fig.joints[J["upper_neck"]]])
-        r = 0.06 * fig.height
-        head_box = [float(head[:, 0].min() - r), float(head[:, 1].min() - r * 0.3),
-                    float(head[:, 0].max() + r), float(head[:, 1].max() + r * 0.3)]
+        # head box 0.6 x 1.1 neck-to-top lengths when upright: diagonal 1.25 of them, the proportion
+        # --estimate-head-size assumes for MPII's real boxes; a tilted head's axis-aligned box is larger
+        d = float(np.hypot(*(head[0] - head[1])))
+        head_box = [float(head[:, 0].min() - 0.3 * d), float(head[:, 1].min() - 0.05 * d),
+                    float(head[:, 0].max() + 0.3 * d), float(head[:, 1].max() + 0.05 * d)]
         people.append({"joints": np.round(fig.joints, 2), "vis": vis, "bbox": box, "area": area,
                        "head_box": [round(v, 2) for v in head_box]})
     img = add_grain(rng, img, rng.uniform(5.0, 8.0))
