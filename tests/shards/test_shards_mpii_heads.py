@@ -136,3 +136,23 @@ def test_head_ratio_measures_the_estimate_constant(synth_mpii, capsys):
     assert "median" in capsys.readouterr().out
     ratios = head_ratios(ann, heads)
     assert len(ratios) > 0 and (ratios > 0).all()
+
+
+@pytest.mark.parametrize("annotations, flag, words", [
+    ("mpii_human_pose_v1_u12_1.mat", "--head-boxes", "carries its own head boxes"),
+    ("val.json", "--val-people", "already a json-convention split"),
+])
+def test_flags_for_the_other_format_exit_2(synth_mpii, tmp_path, capsys, annotations, flag, words):
+    other = os.path.join(synth_mpii, "annotations", "gt_valid.mat" if flag == "--head-boxes" else "val.json")
+    assert main(_mpii_args(synth_mpii, str(tmp_path / "o"), annotations, "val", flag, other)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err and flag in err
+
+
+def test_val_people_from_another_release_exits_2(synth_mpii, tmp_path, capsys):
+    wrong = tmp_path / "other_valid.json"
+    wrong.write_text('[{"image": "nowhere.jpg", "center": [10, 10], "scale": 1.0}]')
+    assert main(_mpii_args(synth_mpii, str(tmp_path / "o"), "mpii_human_pose_v1_u12_1.mat", "val",
+                           "--val-people", str(wrong))) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "other_valid.json" in err and "not in" in err
