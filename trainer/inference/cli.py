@@ -80,26 +80,34 @@ def load_boxes(path: str, images: list[str]) -> list[Boxes]:
     elif isinstance(data, list):
         for index, image in enumerate(images):
             image_id = image_id_for(image, index)
-            boxes = [list(d["bbox"]) + [d.get("score", 1.0)] for d in data
-                     if isinstance(d, dict) and d.get("image_id") == image_id
-                     and d.get("category_id", 1) == 1 and "bbox" in d]
-            result.append(_checked(boxes, f"{path}: boxes of image_id {image_id}"))
+            dets = [d for d in data if isinstance(d, dict) and d.get("image_id") == image_id
+                    and d.get("category_id", 1) == 1 and "bbox" in d]
+            result.append(_checked([d["bbox"] for d in dets], f"{path}: boxes of image_id {image_id}",
+                                   [d.get("score", 1.0) for d in dets]))
     else:
         raise ImageInputError(f"{path}: expected a mapping of file name -> boxes or a COCO detections list")
     return result
 
 
-def _checked(boxes: Any, where: str) -> Boxes:
+def _checked(boxes: Any, where: str, scores: Optional[list[Any]] = None) -> Boxes:
+    """Validated (boxes [M, 4], scores [M]); without `scores`, a box may carry its score as a
+    fifth value (the file-name mapping), else it scores 1."""
     try:
         rows = [list(box) for box in boxes]
-        if any(len(row) not in (4, 5) for row in rows):
+        if scores is None:
+            if any(len(row) not in (4, 5) for row in rows):
+                raise ValueError
+            scores = [row[4] if len(row) == 5 else 1.0 for row in rows]
+            rows = [row[:4] for row in rows]
+        elif any(len(row) != 4 for row in rows):
             raise ValueError
-        array = np.asarray([row + [1.0] * (5 - len(row)) for row in rows], dtype=np.float64).reshape(-1, 5)
+        array = np.asarray(rows, dtype=np.float64).reshape(-1, 4)
+        score_array = np.asarray(scores, dtype=np.float64).reshape(-1)
     except (ValueError, TypeError):
-        raise ImageInputError(f"{where}: boxes must be [[x, y, w, h(, score)], ...]") from None
-    if not np.isfinite(array).all() or (array[:, 2:4] <= 0).any():
+        raise ImageInputError(f"{where}: boxes must be [[x, y, w, h(, score)], ...] with numeric scores") from None
+    if not np.isfinite(array).all() or not np.isfinite(score_array).all() or (array[:, 2:] <= 0).any():
         raise ImageInputError(f"{where}: every box needs finite values and a positive width and height")
-    return array[:, :4], array[:, 4]
+    return array, score_array
 
 
 def keep_people(people: list[dict[str, Any]], box_scores: np.ndarray,

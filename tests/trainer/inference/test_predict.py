@@ -149,3 +149,12 @@ def test_predict_drops_low_scores_and_near_duplicate_boxes(checkpoint, tmp_path)
         confident = scores[scores > 0.2]
         assert results[0]["score"] == pytest.approx(0.9 * confident.mean() if len(confident) else 0.0)
     assert counts == {"0.3": 1, "0.0": 2}
+
+
+def test_malformed_detection_boxes_name_the_file(tmp_path):
+    images = [str(tmp_path / "000000000042.jpg")]
+    for content in ([{"image_id": 42, "bbox": 5, "score": 0.9}], [{"image_id": 42, "bbox": [1, 2, 3], "score": 1}]):
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps(content))
+        with pytest.raises(ImageInputError, match="bad.json"):
+            load_boxes(str(bad), images)
