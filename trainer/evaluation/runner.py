@@ -153,7 +153,8 @@ def check_records(data: list[Any], path: str) -> list[dict[str, Any]]:
 def describe_protocol(manifest: dict[str, Any]) -> str:
     """The label a printed table carries: which boxes or head sizes, and from which file."""
     if manifest["dataset"] == "mpii":
-        return "MPII PCKh, " + ("ESTIMATED head sizes" if head_sizes_estimated(manifest) else "head sizes from head boxes")
+        heads = "ESTIMATED head sizes" if head_sizes_estimated(manifest) else "head sizes from head boxes"
+        return f"MPII PCKh, {heads}"
     if box_source(manifest) == "gt":
         return "gt_boxes: ground-truth person boxes"
     detector = manifest.get("detector") or {}
