@@ -1,4 +1,4 @@
-"""python -m shards {coco, mpii, synth, verify, inspect}: see docs/shards.md."""
+"""python -m shards {coco, mpii, synth, verify, inspect, head-ratio}: see docs/shards.md."""
 from __future__ import annotations
 
 import argparse
@@ -37,6 +37,17 @@ def _parser() -> argparse.ArgumentParser:
                       help="keep detector boxes scoring at least this")
     mpii = sub.add_parser("mpii", help="MPII json convention or release .mat + images -> shards")
     _add_write_options(mpii)
+    mpii.add_argument("--head-boxes", help="gt_valid.mat (HRNet) / mpii_gt_val.mat (mmpose): PCKh head "
+                                           "boxes for a json-convention val split, column i = entry i")
+    mpii.add_argument("--estimate-head-size", action="store_true",
+                      help="without head boxes, estimate head sizes from the neck-top distance "
+                           "(marked as estimated; not comparable with published PCKh)")
+    mpii.add_argument("--val-people", help="with the release .mat: a json-convention file (valid.json) "
+                                           "whose people form the val split and are left out of train")
+    ratio = sub.add_parser("head-ratio", help="measure head size / neck-top distance on real head boxes "
+                                              "(the --estimate-head-size constant)")
+    ratio.add_argument("--annotations", required=True, help="MPII json convention, e.g. valid.json")
+    ratio.add_argument("--head-boxes", required=True, help="the gt_valid.mat / mpii_gt_val.mat paired with it")
     synth = sub.add_parser("synth", help="write a synthetic data set in the real COCO or MPII format")
     synth.add_argument("--format", choices=("coco", "mpii"), required=True)
     synth.add_argument("--out", required=True)
@@ -65,7 +76,11 @@ def _write(args: argparse.Namespace) -> int:
         source = load_coco(args.annotations, args.images, schema, args.detections, args.score_threshold)
     else:
         from .mpii import load_mpii
-        source = load_mpii(args.annotations, args.images, schema)
+        source = load_mpii(args.annotations, args.images, schema, args.split, args.head_boxes,
+                           args.estimate_head_size, args.val_people)
+        if source.manifest_fields["head_sizes"]["estimated"]:
+            from .mpii_heads import ESTIMATE_WARNING
+            print(f"warning: {ESTIMATE_WARNING}", file=sys.stderr)
     if not 1 <= args.jpeg_quality <= 100 or args.max_side < 8 or args.context < 1.0:
         raise ShardError("--jpeg-quality must be 1..100, --max-side at least 8, --context at least 1")
     settings = CropSettings(context=args.context, max_side=args.max_side, jpeg_quality=args.jpeg_quality)
@@ -74,7 +89,7 @@ def _write(args: argparse.Namespace) -> int:
         source.records, args.out, dataset=args.command, split=args.split, schema=schema,
         settings=settings, samples_per_shard=args.samples_per_shard, workers=args.workers,
         annotation_skips=dict(source.skipped), ground_truth=source.ground_truth,
-        sources=source.sources, progress=not args.no_progress)
+        sources=source.sources, progress=not args.no_progress, manifest_fields=source.manifest_fields)
     seconds = time.perf_counter() - started
     skipped = ", ".join(f"{k} {v}" for k, v in manifest["skipped"].items()) or "none"
     total_bytes = sum(s["bytes"] for s in manifest["shards"])
@@ -110,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
             return _write(args)
         if args.command == "synth":
             return _synth(args)
+        if args.command == "head-ratio":
+            from .mpii_ratio import print_head_ratio
+            return print_head_ratio(args.annotations, args.head_boxes)
         if args.command == "verify":
             from .verify import verify
             problems = verify(args.dir)

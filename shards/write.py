@@ -161,7 +161,8 @@ def write_shards(records: Iterable[InstanceRecord], out_dir: str, *, dataset: st
                  schema: KeypointSchema, settings: CropSettings, samples_per_shard: int = 1000,
                  workers: int = 1, annotation_skips: dict[str, int] | None = None,
                  ground_truth: Callable[[set[str]], Any] | None = None,
-                 sources: dict[str, Any] | None = None, progress: bool = True) -> dict:
+                 sources: dict[str, Any] | None = None, progress: bool = True,
+                 manifest_fields: dict[str, Any] | None = None) -> dict:
     """Write the records into tar shards under out_dir and return the manifest (also written)."""
     if samples_per_shard < 1:
         raise ShardError(f"--samples-per-shard must be at least 1, got {samples_per_shard}")
@@ -221,6 +222,7 @@ def write_shards(records: Iterable[InstanceRecord], out_dir: str, *, dataset: st
         "ground_truth": ground_truth(skipped_keys) if ground_truth else None,
         "created_unix": int(time.time()),
         "writer": {"workers": workers, "seconds": round(elapsed, 3)},
+        **(manifest_fields or {}),
     }
     try:
         write_manifest(out_dir, manifest)

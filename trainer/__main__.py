@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="evaluate a checkpoint or a predictions file")
     evaluate.add_argument("--checkpoint", help="checkpoint directory (its saved config is used)")
-    evaluate.add_argument("--predictions", help="a COCO keypoint results json to score instead")
+    evaluate.add_argument("--predictions", help="score this instead: the per-sample records of --out (the "
+                          "manifest's protocol is applied) or final COCO keypoint results")
     evaluate.add_argument("--shards", required=True, help="val shard directory (with manifest.json)")
     evaluate.add_argument("--no-flip", action="store_true", help="disable the flip test")
     evaluate.add_argument("--out", help="write per-sample predictions (json) here, and for COCO the "

@@ -268,6 +268,7 @@ def validate(config: Config, source: str, origins: dict[str, str] | None = None)
         ("checkpoint.keep_last", config.checkpoint.keep_last >= 1, "must be at least 1"),
         ("eval.every_epochs", config.eval.every_epochs >= 0, "must be >= 0 (0 disables)"),
         ("eval.batch_size", config.eval.batch_size >= 1, "must be at least 1"),
+        ("eval.box_score_thr", 0.0 <= config.eval.box_score_thr <= 1.0, "must be in [0, 1]"),
         ("tracking.log_every_steps", config.tracking.log_every_steps >= 1, "must be at least 1"),
         ("log_every_steps", config.log_every_steps >= 1, "must be at least 1"),
     ]

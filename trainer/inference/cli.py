@@ -7,9 +7,13 @@
 Writes DIR/keypoints.json (COCO keypoint results: image_id, category_id 1, keypoints as flat
 x, y, score triples in image px, score; plus file_name) and DIR/<image stem>_pose.jpg overlays.
 Without --boxes, each whole image is one person box. --boxes takes either
-  {"a.jpg": [[x, y, w, h], ...], ...}  (keys: the path as given, or its file name), or
+  {"a.jpg": [[x, y, w, h(, score)], ...], ...}  (keys: the path as given, or its file name), or
   a COCO detection results list [{"image_id", "bbox", "score", "category_id"}, ...] matched by
   the numeric file name (000000123456.jpg -> 123456); only category 1 (person) is used.
+People are kept and scored by the detector-box protocol of evaluation (docs/evaluation.md):
+boxes scoring below --box-score-thr are dropped (default: the model config's
+eval.box_score_thr), instance score = box score (1 when none is given) x mean keypoint score
+above 0.2, then OKS-NMS at 0.9 per image, so near-duplicate boxes give one person.
 Every input is checked (readable, an image, at most --max-pixels) before the model loads;
 a bad one exits with status 2 and names the file.
 """
@@ -25,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import cv2
 import numpy as np
 
+from trainer.evaluation.instances import detector_protocol
 from trainer.inference.images import DEFAULT_MAX_PIXELS, ImageInputError, image_size_from_header, read_image
 
 if TYPE_CHECKING:
@@ -39,6 +44,8 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
                         help="models:/NAME@ALIAS, models:/NAME/VERSION, or a checkpoint directory")
     parser.add_argument("--images", nargs="+", required=True, help="image files (JPEG, PNG, ...)")
     parser.add_argument("--boxes", help="person boxes json (see `python -m trainer predict --help`)")
+    parser.add_argument("--box-score-thr", type=float, default=None,
+                        help="drop boxes scoring below this (default: the model's eval.box_score_thr)")
     parser.add_argument("--out", required=True, help="output directory (json + overlays)")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                         help=f"refuse images with more pixels than this (default {DEFAULT_MAX_PIXELS})")
@@ -56,9 +63,11 @@ def image_id_for(path: str, index: int) -> int:
     return int(stem) if stem.isdigit() else index
 
 
-def load_boxes(path: str, images: list[str]) -> list[np.ndarray]:
-    """Per image, [M, 4] xywh boxes (M may be 0). Detection scores are not used: instance scores
-    are the mean keypoint score above 0.2, as for ground-truth boxes."""
+Boxes = tuple[np.ndarray, np.ndarray]  # [M, 4] xywh, [M] detector scores
+
+
+def load_boxes(path: str, images: list[str]) -> list[Boxes]:
+    """Per image, (boxes [M, 4] xywh, scores [M]); M may be 0. A box without a score scores 1."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as error:
@@ -71,22 +80,46 @@ def load_boxes(path: str, images: list[str]) -> list[np.ndarray]:
     elif isinstance(data, list):
         for index, image in enumerate(images):
             image_id = image_id_for(image, index)
-            boxes = [d["bbox"] for d in data if isinstance(d, dict) and d.get("image_id") == image_id
-                     and d.get("category_id", 1) == 1 and "bbox" in d]
-            result.append(_checked(boxes, f"{path}: boxes of image_id {image_id}"))
+            dets = [d for d in data if isinstance(d, dict) and d.get("image_id") == image_id
+                    and d.get("category_id", 1) == 1 and "bbox" in d]
+            result.append(_checked([d["bbox"] for d in dets], f"{path}: boxes of image_id {image_id}",
+                                   [d.get("score", 1.0) for d in dets]))
     else:
         raise ImageInputError(f"{path}: expected a mapping of file name -> boxes or a COCO detections list")
     return result
 
 
-def _checked(boxes: Any, where: str) -> np.ndarray:
+def _checked(boxes: Any, where: str, scores: Optional[list[Any]] = None) -> Boxes:
+    """Validated (boxes [M, 4], scores [M]); without `scores`, a box may carry its score as a
+    fifth value (the file-name mapping), else it scores 1."""
     try:
-        array = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        rows = [list(box) for box in boxes]
+        if scores is None:
+            if any(len(row) not in (4, 5) for row in rows):
+                raise ValueError
+            scores = [row[4] if len(row) == 5 else 1.0 for row in rows]
+            rows = [row[:4] for row in rows]
+        elif any(len(row) != 4 for row in rows):
+            raise ValueError
+        array = np.asarray(rows, dtype=np.float64).reshape(-1, 4)
+        score_array = np.asarray(scores, dtype=np.float64).reshape(-1)
     except (ValueError, TypeError):
-        raise ImageInputError(f"{where}: boxes must be [[x, y, w, h], ...]") from None
-    if not np.isfinite(array).all() or (array[:, 2:] <= 0).any():
+        raise ImageInputError(f"{where}: boxes must be [[x, y, w, h(, score)], ...] with numeric scores") from None
+    if not np.isfinite(array).all() or not np.isfinite(score_array).all() or (array[:, 2:] <= 0).any():
         raise ImageInputError(f"{where}: every box needs finite values and a positive width and height")
-    return array
+    return array, score_array
+
+
+def keep_people(people: list[dict[str, Any]], box_scores: np.ndarray,
+                sigmas: Optional[tuple[float, ...]]) -> list[dict[str, Any]]:
+    """Evaluation's detector-box protocol on one image's people: rescored, OKS-NMS, best first;
+    each person's "score" becomes the instance score."""
+    if not people:
+        return []
+    keypoints = np.stack([p["keypoints"] for p in people])
+    areas = np.array([p["area"] for p in people])
+    scores, kept = detector_protocol(np.zeros(len(people)), keypoints, box_scores, areas, sigmas)
+    return [{**people[i], "score": float(scores[i])} for i in kept]
 
 
 def load_predictor(model: str, device: Optional[str], tracking_uri: Optional[str] = None) -> "Predictor":
@@ -119,7 +152,6 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from trainer.evaluation.instances import build_coco_results
     from trainer.visualize import draw_pose
     for path in args.images:  # fail fast, before the (slow) model load; headers only
         try:
@@ -133,16 +165,21 @@ def _run(args: argparse.Namespace) -> int:
                                   f"of {args.max_pixels} pixels (--max-pixels)")
     boxes = load_boxes(args.boxes, args.images) if args.boxes else None
     predictor = load_predictor(args.model, args.device, getattr(args, "tracking_uri", None))
+    threshold = predictor.config.eval.box_score_thr if args.box_score_thr is None else args.box_score_thr
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
     for index, path in enumerate(args.images):  # one image at a time: bounded memory
         image = read_image(path, args.max_pixels)
-        people = predictor.predict([image], [boxes[index]] if boxes is not None else None, names=[path])[0]
-        if people:
-            keypoints = np.stack([p["keypoints"] for p in people])
-            for record in build_coco_results("gt", [image_id_for(path, index)] * len(people), keypoints):
-                results.append({**record, "file_name": os.path.basename(path)})
+        image_boxes, box_scores = boxes[index] if boxes is not None else (None, np.ones(1))
+        if image_boxes is not None:
+            image_boxes, box_scores = image_boxes[box_scores >= threshold], box_scores[box_scores >= threshold]
+        people = predictor.predict([image], [image_boxes] if image_boxes is not None else None, names=[path])[0]
+        people = keep_people(people, box_scores[:len(people)], predictor.schema.sigmas)
+        for person in people:
+            results.append({"image_id": image_id_for(path, index), "category_id": 1,
+                            "keypoints": np.asarray(person["keypoints"]).reshape(-1).tolist(),
+                            "score": person["score"], "file_name": os.path.basename(path)})
         if not args.no_overlays:
             for person in people:
                 draw_pose(image, person["keypoints"], predictor.schema.skeleton, box=person["box"])
