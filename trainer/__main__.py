@@ -17,9 +17,9 @@ from trainer.config import ConfigError, dump_yaml, load_config
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from shards.errors import ShardError
-    from trainer.errors import CheckpointError, MetricInputError, OutputExistsError, RunDirError
+    from trainer.errors import CheckpointError, MetricInputError, OutputError, RunDirError
     errors: tuple[type[BaseException], ...] = (ConfigError, ShardError, MetricInputError, CheckpointError,
-                                                RunDirError, OutputExistsError)
+                                                RunDirError, OutputError)
     # Only modules already imported can have raised their errors: a config typo never waits for torch.
     if "trainer.dist" in sys.modules:
         errors += (sys.modules["trainer.dist"].DistributedError,)

@@ -18,5 +18,5 @@ class RunDirError(RuntimeError):
     """A run directory that belongs to another config or another job; the message says which."""
 
 
-class OutputExistsError(RuntimeError):
-    """An output that exists and would be overwritten; the message names it and --overwrite."""
+class OutputError(RuntimeError):
+    """An output path that exists (without --overwrite), lies inside a checkpoint, or cannot be written."""

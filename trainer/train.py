@@ -228,7 +228,11 @@ def _train(config: Config, world: dist.WorldInfo, device: torch.device,
             if is_last or eval_due:
                 save(metric)
                 if new_best and world.is_main:
-                    tracker.register_best(saved_path, config.eval.metric, metric, state["step"])
+                    if metric > config.tracking.register_min_metric:
+                        tracker.register_best(saved_path, config.eval.metric, metric, state["step"])
+                    elif config.tracking.registered_model:
+                        progress.message(f"not registered: {config.eval.metric} {metric:.4f} is not above "
+                                         f"tracking.register_min_metric={config.tracking.register_min_metric}")
     except BaseException:
         tracker.finish("FAILED")
         raise

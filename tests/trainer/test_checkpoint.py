@@ -2,6 +2,7 @@
 with the best kept, discovery, and refusal of pickles that would run code."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -73,7 +74,9 @@ def test_marker_lists_files_and_directory_is_renamed(tmp_path):
     marker = json.loads((Path(path) / MARKER).read_text())
     assert marker["step"] == 12
     assert set(marker["files"]) == {"model.pt", "train_state.pt", "client_state.pt", "rng_rank0.pt"}
-    assert all(size == (Path(path) / name).stat().st_size for name, size in marker["files"].items())
+    assert all(entry["bytes"] == (Path(path) / name).stat().st_size for name, entry in marker["files"].items())
+    assert all(entry["sha256"] == hashlib.sha256((Path(path) / name).read_bytes()).hexdigest()
+               for name, entry in marker["files"].items())
 
 
 def test_sigkill_during_save_leaves_the_previous_checkpoint(tmp_path):

@@ -14,8 +14,9 @@ from shards.schema import load_schema
 from trainer import dist
 from trainer.checkpoint import load_weights_only, read_checkpoint_config
 from trainer.config import ConfigError, config_from_dict, parse_override, set_dotted
-from trainer.evaluation.runner import (IncompleteEvaluation, gather_predictions, predict_samples, score,
-                                       write_predictions)
+from trainer.evaluation.runner import (IncompleteEvaluation, coco_results_path, gather_predictions,
+                                       predict_samples, score, write_predictions)
+from trainer.outputs import check_output_file
 from trainer.evaluation.coco_metric import coco_keypoint_eval, format_coco_table, load_coco_results
 from trainer.evaluation.pckh import format_pckh_table
 from trainer.model import build_model
@@ -26,6 +27,10 @@ def run_eval(args: argparse.Namespace) -> int:
     if bool(args.checkpoint) == bool(args.predictions):
         raise ConfigError("eval needs exactly one of --checkpoint and --predictions")
     manifest = read_manifest(args.shards)
+    if args.out:  # before the evaluation, not after it: refused or unwritable outputs cost nothing
+        check_output_file(args.out, args.overwrite)
+        if manifest["dataset"] != "mpii":
+            check_output_file(coco_results_path(args.out), args.overwrite)
     if args.predictions:
         return _score_predictions_file(args.predictions, manifest)
     return _evaluate_checkpoint(args, manifest)
