@@ -31,7 +31,7 @@ pf_validate_config() {
     local status=0
     PF_CHECK_OUTPUT="$("$PYTHON" -m trainer check ${PF_CHECK_ARGS:-} "$@")" || status=$?
     if (( status != 0 )); then
-        echo "poseforge: check failed (exit ${status}); nothing was launched" >&2
+        echo "poseforge: config check failed (exit ${status}); nothing was launched" >&2
         exit "$status"
     fi
     echo "poseforge: check OK: $*"
