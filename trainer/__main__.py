@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command in ("train", "check"):
+        if args.resume and "=" in args.resume and not os.path.exists(args.resume):
+            # `--resume optim.lr=1e-4`: argparse gave the override to --resume's optional value
+            args.overrides, args.resume = [*args.overrides, args.resume], ""
         config = load_config(args.config, args.overrides)
         if args.command == "check":
             return _check(config, args)

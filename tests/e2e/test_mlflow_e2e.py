@@ -82,12 +82,14 @@ def test_two_processes_one_run_registered_model_and_resume(server, demo_shards, 
 
     # resume (auto_resume from the newest checkpoint) with one more epoch: the same run
     first_steps = max(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
-    code, err = finish(torchrun(demo_shards, out, server.uri, "schedule.epochs=3"))
+    # (a changed schedule.epochs: a different config, continued with --resume and logged as new params)
+    code, err = finish(torchrun(demo_shards, out, server.uri, "--resume", "schedule.epochs=3"))
     assert code == 0, err[-3000:]
     runs = client.search_runs([experiment.experiment_id])
     assert [r.info.run_id for r in runs] == [run.info.run_id]
     assert max(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) > first_steps
     assert runs[0].info.status == "FINISHED"
+    assert any(key.endswith("/schedule.epochs") and value == "3" for key, value in runs[0].data.params.items())
 
 
 def test_server_killed_mid_training(demo_shards, tmp_path):  # noqa: F811

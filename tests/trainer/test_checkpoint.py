@@ -162,12 +162,23 @@ class RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
+def backend_of_tiny_run():
+    return trained(make_config(), steps=1)[1]
+
+
 @pytest.mark.parametrize("victim", ["model.pt", "train_state.pt", "client_state.pt", "rng_rank0.pt"])
 def test_malicious_pickle_is_refused_without_running(tmp_path, victim):
     manager = CheckpointManager(str(tmp_path / "ckpt"), keep_last=3, keep_best=True, world=WORLD)
     (path,) = save_steps(manager, [1])
     marker = tmp_path / "pwned"
     torch.save({"payload": RunsCode(marker)}, Path(path) / victim)
+    with pytest.raises(CheckpointError, match=f"{victim}: damaged"):  # the marker's checksums catch it first
+        manager.load(backend_of_tiny_run(), path)
+    # An attacker who also rewrites the marker's checksums still meets weights_only=True.
+    complete = json.loads((Path(path) / MARKER).read_text())
+    data = (Path(path) / victim).read_bytes()
+    complete["files"][victim] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (Path(path) / MARKER).write_text(json.dumps(complete))
     config, backend, _, _ = trained(make_config(), steps=1)
     with pytest.raises(CheckpointError, match=f"{victim}: refused to load"):
         manager.load(backend, path)
