@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -13,6 +12,7 @@ from typing import Iterator
 import pytest
 
 from shards.__main__ import main as shards_main
+from tests.e2e.faults_testlib import small_tmpfs
 from tests.testlib import make_checkpoint
 from trainer.__main__ import main as trainer_main
 
@@ -51,21 +51,18 @@ def one_line_error(result: Result, *words: str) -> None:
 
 @contextlib.contextmanager
 def read_only_dir(path: Path) -> Iterator[Path]:
-    """A directory nobody can write into: mode 555, or for root a read-only tmpfs."""
-    path.mkdir(parents=True)
-    if os.geteuid() != 0:
-        path.chmod(0o555)
-        yield path
-        path.chmod(0o755)
+    """A directory nobody can write into: mode 555, or for root (whom modes do not stop) a
+    read-only tmpfs."""
+    if os.geteuid() == 0:
+        with small_tmpfs(path, "1m", read_only=True):
+            yield path
         return
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs as root ({mounted.stderr.strip()})")
+    path.mkdir(parents=True)
+    path.chmod(0o555)
     try:
         yield path
     finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
+        path.chmod(0o755)
 
 
 @pytest.fixture(scope="module")
