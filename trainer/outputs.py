@@ -62,3 +62,12 @@ def check_output_dir(path: str, overwrite: bool, outputs: tuple[str, ...], optio
     if present and not overwrite:
         raise OutputError(f"{option} {path}: already holds {', '.join(present)}; --overwrite replaces it")
     _writable_ancestor(target, option)
+
+
+def local_store_path(uri: str) -> Optional[str]:
+    """The local path behind an MLflow URI (sqlite:///PATH, file://PATH or a plain path), else None.
+    MLflow creates what is missing there, so commands check it exists first."""
+    for scheme in ("sqlite:///", "file://"):
+        if uri.startswith(scheme):
+            return uri[len(scheme):]
+    return uri if "://" not in uri else None

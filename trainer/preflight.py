@@ -23,6 +23,7 @@ from trainer.config import Config, ConfigError, to_dict
 from trainer.data.sources import DataError, resolve_shards
 from trainer.run_dir import Change, check_ownership, format_changes, lock_holder
 from trainer.errors import RunDirError
+from trainer.outputs import local_store_path
 
 
 @dataclass
@@ -41,6 +42,7 @@ def preflight(config: Config, accept_changes: bool = False, check_device: bool =
     result.lines.append(_check_output_dir(config.output_dir, "output_dir"))
     if config.checkpoint.dir:
         result.lines.append(_check_output_dir(config.checkpoint.dir, "checkpoint.dir"))
+    _check_tracking_uri(config)
     result.changes = check_ownership(config.output_dir, to_dict(config), accept_changes)
     holder = lock_holder(config.output_dir) if check_lock else None
     if holder is not None:
@@ -98,6 +100,20 @@ def _check_output_dir(path: str, key: str) -> str:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise RunDirError(f"'{key}' = {path!r}: {existing} is not writable")
     return f"{key}: {path} ({'exists' if target.exists() else 'will be created'}, writable)"
+
+
+def _check_tracking_uri(config: Config) -> None:
+    """A local MLflow store must be somewhere that exists: MLflow would create directories (or a new,
+    empty store) from a typo. The default store (output_dir/mlflow.db) is created with the run."""
+    uri = config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not config.tracking.enabled or not uri:
+        return
+    local = local_store_path(uri)
+    if local is None:
+        return
+    parent = Path(local).absolute().parent if uri.startswith("sqlite:") else Path(local).absolute()
+    if not parent.exists():
+        raise ConfigError(f"'tracking.uri' = {uri!r}: {parent} does not exist")
 
 
 def _describe_run(config: Config, changes: list[Change]) -> str:

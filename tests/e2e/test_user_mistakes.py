@@ -10,6 +10,7 @@ key or model, a status that says what happened, and nothing lost, overwritten or
 | shards inspect --out into a read-only directory                  | test_read_only_outputs_are_one_line_errors        |
 | COCO config + MPII val shards; MPII train shards + COCO config   | test_schema_mismatch_fails_preflight              |
 | corrupt val manifest.json; empty val set; missing shard path     | test_broken_val_sets_fail_preflight, test_missing_shard_path_fails_check |
+| a mistyped local tracking URI (MLflow would create directories)  | test_mistyped_tracking_uri_fails_check_and_creates_nothing |
 | read-only output directories (train, shards, predict, eval)      | test_read_only_outputs_are_one_line_errors        |
 | eval --out into a missing directory (after the evaluation ran)   | test_eval_out_into_a_missing_directory_fails_before_evaluating |
 | output_dir that is a file; --config a PNG                        | test_output_dir_that_is_a_file_and_a_png_config   |
@@ -219,6 +220,13 @@ def test_broken_val_sets_fail_preflight(demo_shards, tmp_path):
     for val, words in ((corrupt, ("unreadable manifest",)), (empty, ("holds no samples",))):
         one_line_error(trainer("check", *train_args(demo_shards, tmp_path / "run", "eval.every_epochs=1",
                                                     f"data.val_shards={val}")), str(val), *words)
+
+
+def test_mistyped_tracking_uri_fails_check_and_creates_nothing(demo_shards, tmp_path):
+    typo = tmp_path / "mlfow" / "mlflow.db"
+    one_line_error(trainer("check", *train_args(demo_shards, tmp_path / "run", "tracking.enabled=true",
+                                                f"tracking.uri=sqlite:///{typo}")), "tracking.uri", "does not exist")
+    assert not typo.parent.exists() and not (tmp_path / "run").exists()
 
 
 def test_missing_shard_path_fails_check(demo_shards, tmp_path):

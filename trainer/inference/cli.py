@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import cv2
 import numpy as np
 
-from trainer.outputs import check_output_dir
+from trainer.outputs import check_output_dir, local_store_path
 from trainer.inference.images import DEFAULT_MAX_PIXELS, ImageInputError, image_size_from_header, read_image
 
 if TYPE_CHECKING:
@@ -112,8 +112,7 @@ def _registry_uri(tracking_uri: Optional[str], model: str) -> str:
     if not uri:
         raise ImageInputError(f"{model}: no registry given: pass --tracking-uri (e.g. sqlite:///runs/x/mlflow.db "
                               f"or http://host:5000) or set MLFLOW_TRACKING_URI")
-    local = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else (
-        uri[len("file://"):] if uri.startswith("file://") else (uri if "://" not in uri else None))
+    local = local_store_path(uri)
     if local is not None and not os.path.exists(local):
         raise ImageInputError(f"--tracking-uri {uri}: {local} does not exist")
     return uri
@@ -177,12 +176,12 @@ def _run(args: argparse.Namespace) -> int:
         for index, (width, height) in enumerate(sizes):
             boxes[index], outside = inside_image(boxes[index], width, height)
             skipped += outside
-    check_output_dir(args.out, args.overwrite, ("keypoints.json",))
+    overlays = overlay_names(args.images)
+    check_output_dir(args.out, args.overwrite, ("keypoints.json", *([] if args.no_overlays else overlays)))
     predictor = load_predictor(args.model, args.device, getattr(args, "tracking_uri", None))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
-    overlays = overlay_names(args.images)
     for index, path in enumerate(args.images):  # one image at a time: bounded memory
         image = read_image(path, args.max_pixels)
         if boxes is not None and not len(boxes[index]):
