@@ -15,6 +15,10 @@ export PYTHONPATH="${POSEFORGE_DIR}${PYTHONPATH:+:${PYTHONPATH}}"
 
 # torchrun forwards these to its workers instead of dying of them; SIGUSR1 is SLURM's
 # pre-emption notice (see slurm_train.sbatch). The trainer treats each as "checkpoint and stop".
+# Exit statuses: the trainer exits 0 when finished, 128 + the signal after saving on a stop (143
+# SIGTERM, 130 SIGINT, 138 SIGUSR1), 2 on a user mistake. torchrun on top: when it receives one of
+# these signals itself it stops the workers and exits non-zero with a SignalException traceback
+# of its own; when a worker fails it prints a summary (the worker's exitcode) and exits 1.
 PF_TORCHRUN_SIGNALS="SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 
 # With --max-restarts > 0, torchrun shares one TCPStore between its rendezvous and the workers,
