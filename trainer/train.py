@@ -124,9 +124,8 @@ def _train(config: Config, world: dist.WorldInfo, device: torch.device,
     if resume_path:
         progress.message(f"resumed from {resume_path} at step {state['step']} "
                          f"(epoch {state['epoch']}, batch {state['batch_in_epoch']})")
-    # MLflow params cannot change: a resumed run's changes are logged as a new param set.
-    tracker = open_tracker(config, world, state["tracking_run_id"], skip_params={c.key for c in changes})
-    if changes:
+    tracker = open_tracker(config, world, state["tracking_run_id"])
+    if changes:  # MLflow params cannot change (the sender tags them): log the changes as a new param set
         tracker.log_params({f"resumed_at_{state['step']}/{c.key}": str(c.new) for c in changes})
         progress.message(f"continuing with changed config: {', '.join(map(str, changes))}")
     codec = make_codec(config)

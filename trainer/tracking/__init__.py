@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Collection
+from typing import TYPE_CHECKING
 
 from trainer.tracking.base import LocalMetrics, NullTracker, Tracker
 from trainer.tracking.info import config_params, run_tags
@@ -25,12 +25,10 @@ if TYPE_CHECKING:
 __all__ = ["Tracker", "open_tracker"]
 
 
-def open_tracker(config: "Config", world: "WorldInfo", run_id: str | None,
-                 skip_params: Collection[str] = ()) -> Tracker:
+def open_tracker(config: "Config", world: "WorldInfo", run_id: str | None) -> Tracker:
     """Rank 0 gets the real tracker; every other rank a NullTracker (one run per job, not per rank).
 
-    `run_id` (from a resumed checkpoint) continues that run; `skip_params` are keys whose value
-    changed on a resume (MLflow refuses to change a param; the caller logs them under a new name). Tracking disabled: metrics.jsonl only.
+    `run_id` (from a resumed checkpoint) continues that run. Tracking disabled: metrics.jsonl only.
     POSEFORGE_TRACKING_RETRY_S and POSEFORGE_SYSTEM_METRICS=0 tune the thread (tests use them).
     """
     if not world.is_main:
@@ -46,7 +44,7 @@ def open_tracker(config: "Config", world: "WorldInfo", run_id: str | None,
         retry_interval_s=float(os.environ.get("POSEFORGE_TRACKING_RETRY_S", "30")),
         config_dict=to_dict(config), registered_model=config.tracking.registered_model,
         alias=config.tracking.alias)
-    tracker.log_params({k: v for k, v in config_params(config).items() if k not in skip_params})
+    tracker.log_params(config_params(config))
     tracker.set_tags(run_tags(config, world))
     resolved = os.path.join(config.output_dir, "config.yaml")
     if not os.path.exists(resolved):
