@@ -12,7 +12,7 @@ import signal
 import sys
 
 from shards.errors import debug_requested, run_cli
-from trainer.config import ConfigError, dump_yaml, load_config
+from trainer.config import Config, ConfigError, dump_yaml, load_config
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -108,8 +108,9 @@ def _run(args: argparse.Namespace) -> int:
         result = train(config, resume=args.resume, init_from=args.init_from)
         if result.stop_signal is None:
             return 0
-        print(f"stopped by {result.stop_signal} at step {result.step}; checkpoint {result.checkpoint}; "
-              f"the same command resumes it", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # one line per job, not per rank
+            print(f"stopped by {result.stop_signal} at step {result.step}; checkpoint {result.checkpoint}; "
+                  f"the same command resumes it", file=sys.stderr)
         return 128 + int(getattr(signal, result.stop_signal))
     if args.command == "eval":
         from trainer.evaluation.cli import run_eval
@@ -132,7 +133,7 @@ def _run(args: argparse.Namespace) -> int:
     raise AssertionError(args.command)
 
 
-def _check(config, args: argparse.Namespace) -> int:  # noqa: ANN001 (Config)
+def _check(config: "Config", args: argparse.Namespace) -> int:
     from trainer.preflight import preflight
     report = preflight(config, accept_changes=args.resume is not None, check_lock=not args.skip_lock)
     for line in report.lines:

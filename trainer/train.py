@@ -242,7 +242,8 @@ def _train(config: Config, world: dist.WorldInfo, device: torch.device,
         requeue_slurm_job()
     tracker.finish("KILLED" if stopped_early else "FINISHED")
     return TrainResult(state["step"], state["best_metric"], last_eval, stopped_early, saved_path,
-                       stop.signal_name if stopped_early else None)
+                       # a stop voted by another rank only: report the usual SIGTERM
+                       (stop.signal_name or "SIGTERM") if stopped_early else None)
 
 
 def _load_init_weights(model: torch.nn.Module, path: str) -> None:
