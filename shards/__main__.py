@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("dir")
     inspect.add_argument("--out", required=True)
     inspect.add_argument("--n", type=int, default=16)
+    inspect.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     return parser
 
 
@@ -141,6 +142,8 @@ def _run(args: argparse.Namespace) -> int:
             print(p, file=sys.stderr)
         print(f"{args.dir}: {'OK' if not problems else f'{len(problems)} problems'}")
         return 1 if problems else 0
+    if os.path.exists(args.out) and not args.overwrite:
+        raise ShardError(f"--out {args.out}: exists; --overwrite replaces it")
     from .inspect import contact_sheet
     drawn = contact_sheet(args.dir, args.out, args.n)
     print(f"{drawn} samples drawn into {args.out}")

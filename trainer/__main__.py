@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser("show-batch", help="draw one augmented batch with targets to a PNG")
     _add_config_args(show)
     show.add_argument("--out", required=True, help="PNG path")
+    show.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     show.add_argument("--split", choices=["train", "val"], default="train")
     show.add_argument("-n", type=int, default=16, help="number of samples")
 
@@ -126,6 +127,8 @@ def _run(args: argparse.Namespace) -> int:
         return run_bench(args)
     if args.command == "show-batch":
         config = load_config(args.config, args.overrides)
+        from trainer.outputs import check_output_file
+        check_output_file(args.out, args.overwrite)
         from trainer.data.show_batch import show_batch
         show_batch(config, args.out, split=args.split, n=args.n)
         print(os.path.abspath(args.out))

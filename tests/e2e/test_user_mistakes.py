@@ -5,7 +5,7 @@ key or model, a status that says what happened, and nothing lost, overwritten or
 |------------------------------------------------------------------|---------------------------------------------------|
 | existing run dir + changed config (lr, model shape)              | test_changed_config_is_refused_then_resume_applies_and_logs_it, test_changed_model_shape_is_refused_even_with_resume |
 | two trainings into one directory                                 | test_second_job_into_a_locked_run_dir_exits_2_naming_the_holder (real torchrun: test_run_lock.py) |
-| eval --out over a checkpoint's model.pt / any existing file      | test_eval_out_never_overwrites, test_damaged_checkpoint_is_refused_naming_the_file |
+| eval --out over a checkpoint's model.pt / any existing file      | test_eval_out_never_overwrites, test_damaged_checkpoint_is_refused_naming_the_file, test_show_batch_and_inspect_never_overwrite |
 | shards --out into an existing directory                          | test_shards_out_continues_only_its_own_run        |
 | shards inspect --out into a read-only directory                  | test_read_only_outputs_are_one_line_errors        |
 | COCO config + MPII val shards; MPII train shards + COCO config   | test_schema_mismatch_fails_preflight              |
@@ -130,6 +130,14 @@ def test_eval_out_never_overwrites(checkpoint, demo_shards, tmp_path):
     one_line_error(trainer("eval", "--checkpoint", checkpoint, "--shards", demo_shards / "val", "--out", existing),
                    str(existing), "--overwrite")
     assert existing.read_text() == "keep me"
+
+
+def test_show_batch_and_inspect_never_overwrite(demo_shards, tmp_path):
+    existing = tmp_path / "sheet.png"
+    existing.write_bytes(b"keep me")
+    one_line_error(shards("inspect", demo_shards / "val", "--out", existing), "--overwrite")
+    one_line_error(trainer("show-batch", *train_args(demo_shards, tmp_path / "run"), "--out", existing), "--overwrite")
+    assert existing.read_bytes() == b"keep me"
 
 
 def test_damaged_checkpoint_is_refused_naming_the_file(checkpoint, demo_shards, tmp_path):
