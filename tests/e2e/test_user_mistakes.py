@@ -47,6 +47,8 @@ from tests.e2e.user_mistakes_testlib import (checkpoint, mpii_shards, one_line_e
 from tests.testlib import LAUNCH, REPO, demo_shards, launch_env, train_args, write_images  # noqa: F401
 from trainer.run_dir import RUN_FILE, RunLock
 
+pytestmark = pytest.mark.slow  # in-process runs of a few seconds, and a few subprocesses
+
 FAST = ("schedule.steps_per_epoch=2", "data.batch_size=4")  # two steps: a run of a few seconds
 
 
