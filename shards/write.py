@@ -14,6 +14,7 @@ import io
 import json
 import multiprocessing as mp
 import os
+import signal
 import sys
 import tarfile
 import time
@@ -32,6 +33,11 @@ from .schema import KeypointSchema
 PROGRESS_DIR = ".progress"
 # test hook: seconds to sleep after each shard, so a test can SIGKILL a run midway
 THROTTLE_ENV = "POSEFORGE_SHARDS_THROTTLE_S"
+
+
+def ignore_sigint() -> None:
+    """Pool workers leave Ctrl-C to the parent, which stops them: one line, not one traceback each."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def shard_name(index: int) -> str:
@@ -197,7 +203,7 @@ def write_shards(records: Iterable[InstanceRecord], out_dir: str, *, dataset: st
             side = _write_shard(task)
             bar.update(len(task["records"]))
     else:
-        with mp.get_context("spawn").Pool(workers) as pool:
+        with mp.get_context("spawn").Pool(workers, initializer=ignore_sigint) as pool:
             for side in pool.imap_unordered(_write_shard, tasks()):
                 bar.update(side["samples"] + sum(side["skipped"].values()))
     bar.close()

@@ -46,6 +46,8 @@ def read_yaml(path: str | Path) -> dict:
         text = path.read_text()
     except OSError as err:
         raise ConfigError(f"{path}: cannot read config file ({err.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (a YAML config is expected)") from None
     try:
         data = yaml.load(text, Loader=_SafeLoaderNoDuplicates)
     except yaml.YAMLError as err:

@@ -144,6 +144,8 @@ class TrackingConfig:
     log_every_steps: int = 20
     registered_model: Optional[str] = None  # register the best checkpoint under this name
     alias: str = "champion"
+    # a best checkpoint is registered only above this metric value (an AP 0.0 model is no champion)
+    register_min_metric: float = 0.0
 
 
 @dataclass

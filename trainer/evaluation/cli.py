@@ -14,11 +14,13 @@ from shards.schema import load_schema
 from trainer import dist
 from trainer.checkpoint import load_weights_only, read_checkpoint_config
 from trainer.config import ConfigError, config_from_dict, parse_override, set_dotted
-from trainer.evaluation.runner import (IncompleteEvaluation, check_records, describe_protocol, gather_predictions,
-                                       predict_samples, print_warnings, score, write_predictions)
 from trainer.evaluation.coco_metric import (coco_keypoint_eval, format_coco_table, load_coco_results,
                                             load_predictions_list)
 from trainer.evaluation.instances import box_source, label_metrics
+from trainer.evaluation.runner import (IncompleteEvaluation, check_records, coco_results_path, describe_protocol,
+                                       gather_predictions, predict_samples, print_warnings, score,
+                                       write_predictions)
+from trainer.outputs import check_output_file
 from trainer.evaluation.pckh import format_pckh_table
 from trainer.model import build_model
 from trainer.model.codec import make_codec
@@ -28,6 +30,10 @@ def run_eval(args: argparse.Namespace) -> int:
     if bool(args.checkpoint) == bool(args.predictions):
         raise ConfigError("eval needs exactly one of --checkpoint and --predictions")
     manifest = read_manifest(args.shards)
+    if args.out:  # before the evaluation, not after it: refused or unwritable outputs cost nothing
+        check_output_file(args.out, args.overwrite)
+        if manifest["dataset"] != "mpii":
+            check_output_file(coco_results_path(args.out), args.overwrite)
     if args.predictions:
         return _score_predictions_file(args.predictions, manifest, args.allow_incomplete)
     return _evaluate_checkpoint(args, manifest)

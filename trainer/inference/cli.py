@@ -5,7 +5,8 @@
         --boxes dets.json --out DIR
 
 Writes DIR/keypoints.json (COCO keypoint results: image_id, category_id 1, keypoints as flat
-x, y, score triples in image px, score; plus file_name) and DIR/<image stem>_pose.jpg overlays.
+x, y, score triples in image px, score; plus file_name) and DIR/<image stem>_pose.jpg overlays
+(<stem>_2_pose.jpg, ... for inputs sharing a stem); an existing keypoints.json needs --overwrite.
 Without --boxes, each whole image is one person box. --boxes takes either
   {"a.jpg": [[x, y, w, h(, score)], ...], ...}  (keys: the path as given, or its file name), or
   a COCO detection results list [{"image_id", "bbox", "score", "category_id"}, ...] matched by
@@ -14,6 +15,8 @@ People are kept and scored by the detector-box protocol of evaluation (docs/eval
 boxes scoring below --box-score-thr are dropped (default: the model config's
 eval.box_score_thr), instance score = box score (1 when none is given) x mean keypoint score
 above 0.2, then OKS-NMS at 0.9 per image, so near-duplicate boxes give one person.
+Boxes that do not overlap their image are skipped and counted; boxes that match no input image
+at all are an error.
 Every input is checked (readable, an image, at most --max-pixels) before the model loads;
 a bad one exits with status 2 and names the file.
 """
@@ -22,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -30,12 +32,12 @@ import cv2
 import numpy as np
 
 from trainer.evaluation.instances import detector_protocol
+from trainer.outputs import check_output_dir, local_store_path
 from trainer.inference.images import DEFAULT_MAX_PIXELS, ImageInputError, image_size_from_header, read_image
 
 if TYPE_CHECKING:
     from trainer.inference.predictor import Predictor
 
-EXIT_USER_ERROR = 2
 
 
 def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -53,6 +55,7 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
                         "MLFLOW_TRACKING_URI, else MLflow's default)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     parser.add_argument("--no-overlays", action="store_true", help="write the json only")
+    parser.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in --out")
     parser.description = __doc__
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
@@ -122,16 +125,49 @@ def keep_people(people: list[dict[str, Any]], box_scores: np.ndarray,
     return [{**people[i], "score": float(scores[i])} for i in kept]
 
 
+def inside_image(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """(boxes that overlap the image, which of `boxes` did). Kept boxes are clipped to a margin of
+    one image size around it, so an absurd box (1e30 wide) cannot blow up the crop."""
+    x, y, w, h = boxes.T
+    overlaps = (x < width) & (y < height) & (x + w > 0) & (y + h > 0)
+    kept = boxes[overlaps].copy()
+    x0 = np.clip(kept[:, 0], -width, 2 * width)
+    y0 = np.clip(kept[:, 1], -height, 2 * height)
+    x1 = np.clip(kept[:, 0] + kept[:, 2], -width, 2 * width)
+    y1 = np.clip(kept[:, 1] + kept[:, 3], -height, 2 * height)
+    return np.stack([x0, y0, x1 - x0, y1 - y0], axis=1), overlaps
+
+
+def _registry_uri(tracking_uri: Optional[str], model: str) -> str:
+    """The registry to load `model` from; refused before MLflow runs when it is not given, or a local
+    store that does not exist (MLflow would create an empty one, e.g. ./mlflow.db)."""
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise ImageInputError(f"{model}: no registry given: pass --tracking-uri (e.g. sqlite:///runs/x/mlflow.db "
+                              f"or http://host:5000) or set MLFLOW_TRACKING_URI")
+    local = local_store_path(uri)
+    if local is not None and not os.path.exists(local):
+        raise ImageInputError(f"--tracking-uri {uri}: {local} does not exist")
+    return uri
+
+
 def load_predictor(model: str, device: Optional[str], tracking_uri: Optional[str] = None) -> "Predictor":
     """A Predictor from a models:/ URI (through MLflow's pyfunc loader) or a checkpoint directory."""
     import torch
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+    from trainer.preflight import device_check
+    device = device_check(device)
     if model.startswith(("models:/", "runs:/")) or "://" in model:
         import mlflow.pyfunc
-        if tracking_uri:
-            mlflow.set_tracking_uri(tracking_uri)
-            mlflow.set_registry_uri(tracking_uri)
-        pyfunc = mlflow.pyfunc.load_model(model)
+        from mlflow.exceptions import MlflowException
+        uri = _registry_uri(tracking_uri, model)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        try:
+            pyfunc = mlflow.pyfunc.load_model(model)
+        except MlflowException as error:  # unknown model, alias or version: MLflow's first line says which
+            first = str(error.message if hasattr(error, "message") else error).strip().splitlines()[0]
+            raise ImageInputError(f"{model}: cannot load from {uri}: {first}") from None
         predictor = pyfunc.unwrap_python_model().predictor
         if str(predictor.device) != device:
             predictor.model.to(device)
@@ -144,15 +180,13 @@ def load_predictor(model: str, device: Optional[str], tracking_uri: Optional[str
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except ImageInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USER_ERROR
+    """The command; its user errors (ImageInputError, OutputError) reach python -m trainer's boundary."""
+    return _run(args)
 
 
 def _run(args: argparse.Namespace) -> int:
     from trainer.visualize import draw_pose
+    sizes: list[tuple[int, int]] = []
     for path in args.images:  # fail fast, before the (slow) model load; headers only
         try:
             with open(path, "rb") as handle:
@@ -163,7 +197,21 @@ def _run(args: argparse.Namespace) -> int:
         if width * height > args.max_pixels:
             raise ImageInputError(f"{path}: {width}x{height} = {width * height} pixels is above the limit "
                                   f"of {args.max_pixels} pixels (--max-pixels)")
+        sizes.append((width, height))
     boxes = load_boxes(args.boxes, args.images) if args.boxes else None
+    skipped = 0
+    if boxes is not None:
+        if not any(len(image_boxes) for image_boxes, _ in boxes):
+            raise ImageInputError(f"--boxes {args.boxes}: no box matches any of the {len(args.images)} images "
+                                  f"(keys: the path as given or the file name; COCO lists: image_id from "
+                                  f"numeric file names)")
+        for index, (width, height) in enumerate(sizes):
+            image_boxes, box_scores = boxes[index]
+            kept, inside = inside_image(image_boxes, width, height)
+            boxes[index] = (kept, box_scores[inside])
+            skipped += int((~inside).sum())
+    overlays = overlay_names(args.images)
+    check_output_dir(args.out, args.overwrite, ("keypoints.json", *([] if args.no_overlays else overlays)))
     predictor = load_predictor(args.model, args.device, getattr(args, "tracking_uri", None))
     threshold = predictor.config.eval.box_score_thr if args.box_score_thr is None else args.box_score_thr
     out = Path(args.out)
@@ -174,7 +222,10 @@ def _run(args: argparse.Namespace) -> int:
         image_boxes, box_scores = boxes[index] if boxes is not None else (None, np.ones(1))
         if image_boxes is not None:
             image_boxes, box_scores = image_boxes[box_scores >= threshold], box_scores[box_scores >= threshold]
-        people = predictor.predict([image], [image_boxes] if image_boxes is not None else None, names=[path])[0]
+        if image_boxes is not None and not len(image_boxes):
+            people = []
+        else:
+            people = predictor.predict([image], [image_boxes] if image_boxes is not None else None, names=[path])[0]
         people = keep_people(people, box_scores[:len(people)], predictor.schema.sigmas)
         for person in people:
             results.append({"image_id": image_id_for(path, index), "category_id": 1,
@@ -182,8 +233,26 @@ def _run(args: argparse.Namespace) -> int:
                             "score": person["score"], "file_name": os.path.basename(path)})
         if not args.no_overlays:
             for person in people:
-                draw_pose(image, person["keypoints"], predictor.schema.skeleton, box=person["box"])
-            cv2.imwrite(str(out / f"{Path(path).stem}_pose.jpg"), image)
+                draw_pose(image, person["keypoints"], predictor.schema.skeleton, box=person["box"],
+                          names=predictor.schema.keypoint_names)
+            ok, encoded = cv2.imencode(".jpg", image)
+            if not ok:
+                raise ImageInputError(f"{path}: the overlay could not be encoded")
+            (out / overlays[index]).write_bytes(encoded.tobytes())  # an OSError names the file
     (out / "keypoints.json").write_text(json.dumps(results))
-    print(f"{len(results)} people in {len(args.images)} images -> {out / 'keypoints.json'}")
+    note = f"; {skipped} boxes outside their image skipped" if skipped else ""
+    print(f"{len(results)} people in {len(args.images)} images -> {out / 'keypoints.json'}{note}")
     return 0
+
+
+def overlay_names(images: list[str]) -> list[str]:
+    """<stem>_pose.jpg per input, <stem>_2_pose.jpg ... when inputs share a stem (a/x.jpg, b/x.png)."""
+    names: list[str] = []
+    for path in images:
+        stem, copy = Path(path).stem, 1
+        name = f"{stem}_pose.jpg"
+        while name in names:
+            copy += 1
+            name = f"{stem}_{copy}_pose.jpg"
+        names.append(name)
+    return names

@@ -17,9 +17,7 @@ from trainer.inference.images import ImageInputError, decode_image_bytes, read_i
 from trainer.inference.predictor import load_checkpoint_predictor
 from trainer.inference.cli import load_boxes
 
-CLI = [sys.executable, "-c", "import sys; from trainer.inference.cli import run_predict, add_predict_parser; "
-       "import argparse; p = argparse.ArgumentParser(); s = p.add_subparsers(dest='c'); add_predict_parser(s); "
-       "sys.exit(run_predict(p.parse_args(sys.argv[1:])))"]
+CLI = [sys.executable, "-m", "trainer"]  # the one error boundary of the command line
 
 
 @pytest.fixture(scope="module")
