@@ -20,7 +20,7 @@ from shards.schema import KeypointSchema
 from trainer.data import transforms
 from trainer.model.codec import make_codec, predict_heatmaps, to_image_pixels
 from trainer.config import Config, config_from_dict
-from trainer.data import normalize_images
+from trainer.data.on_device import normalize_images
 from trainer.evaluation.instances import input_window_areas
 from trainer.inference.images import DEFAULT_MAX_PIXELS, ImageInputError, decode_image_bytes, read_image  # noqa: F401
 from trainer.model import StackedHourglass
