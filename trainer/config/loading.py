@@ -272,6 +272,7 @@ def validate(config: Config, source: str, origins: dict[str, str] | None = None)
         ("eval.batch_size", config.eval.batch_size >= 1, "must be at least 1"),
         ("eval.box_score_thr", 0.0 <= config.eval.box_score_thr <= 1.0, "must be in [0, 1]"),
         ("tracking.log_every_steps", config.tracking.log_every_steps >= 1, "must be at least 1"),
+        ("tracking.finish_timeout_s", config.tracking.finish_timeout_s >= 0, "must be at least 0"),
         ("log_every_steps", config.log_every_steps >= 1, "must be at least 1"),
     ]
     for dotted, ok, message in checks:

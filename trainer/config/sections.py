@@ -146,6 +146,8 @@ class TrackingConfig:
     alias: str = "champion"
     # a best checkpoint is registered only above this metric value (an AP 0.0 model is no champion)
     register_min_metric: float = 0.0
+    # At the job's end, wait at most this long for the server; the rest stays for tracking-sync.
+    finish_timeout_s: float = 30.0
 
 
 @dataclass

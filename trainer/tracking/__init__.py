@@ -42,6 +42,7 @@ def open_tracker(config: "Config", world: "WorldInfo", run_id: str | None) -> Tr
         config.tracking.experiment, config.tracking.run_name, run_id=run_id,
         system_metrics=os.environ.get("POSEFORGE_SYSTEM_METRICS", "1") != "0",
         retry_interval_s=float(os.environ.get("POSEFORGE_TRACKING_RETRY_S", "30")),
+        finish_timeout_s=config.tracking.finish_timeout_s,
         config_dict=to_dict(config), registered_model=config.tracking.registered_model,
         alias=config.tracking.alias)
     tracker.log_params(config_params(config))
