@@ -47,7 +47,7 @@ def make_clean_venv(root: Path, requirements: str) -> Path:
     machine's local wheels make a re-run cheap)."""
     venv.EnvBuilder(with_pip=True, clear=True).create(root)
     python = root / "bin" / "python"
-    install = subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", requirements],
+    install = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-compile", "-r", requirements],
                              capture_output=True, text=True, timeout=900)
     assert install.returncode == 0, install.stderr[-3000:]
     return python

@@ -43,8 +43,10 @@ def model_signature() -> Any:
     """Input: `image` (encoded bytes; base64 in JSON) and optional `boxes` ([[x, y, w, h], ...]).
     Output: one row per person."""
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import Array, ColSpec, Schema
-    inputs = Schema([ColSpec("binary", "image"), ColSpec(Array(Array("double")), "boxes", required=False)])
+    from mlflow.types.schema import AnyType, Array, ColSpec, Schema
+    # `boxes` is Any, checked by the model: MLflow's Array(Array(double)) refuses integer JSON
+    # numbers ([[10, 20, 60, 50]]) and a record without boxes (NaN) in the same request.
+    inputs = Schema([ColSpec("binary", "image"), ColSpec(AnyType(), "boxes", required=False)])
     outputs = Schema([ColSpec("long", "image_index"), ColSpec("long", "person_index"),
                       ColSpec(Array("double"), "box"), ColSpec("double", "score"),
                       ColSpec(Array(Array("double")), "keypoints")])

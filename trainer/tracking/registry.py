@@ -11,9 +11,8 @@ pinned requirements, a signature and an input example: see model_package.py.
 `mlflow.pyfunc.load_model("models:/NAME@champion").predict(frame)`:
   input   a pandas DataFrame (or a dict of lists / list of dicts) with one row per image:
           `image`: encoded image bytes (JPEG, PNG, ...); base64 in the JSON of `mlflow models serve`;
-          `boxes` (optional): person boxes [[x, y, w, h], ...] in image px, floats (the signature
-          says double: MLflow refuses integers); missing, null or empty: the whole image is one
-          person.
+          `boxes` (optional): person boxes [[x, y, w, h], ...] in image px, as a list or a JSON
+          string; missing, null or empty: the whole image is one person.
   output  a DataFrame with one row per person: image_index, person_index, box [x,y,w,h],
           score (mean keypoint score), keypoints (K lists [x, y, score] in image px).
 
