@@ -14,6 +14,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -78,7 +79,8 @@ def test_two_processes_one_run_registered_model_and_resume(server, demo_shards, 
     from trainer.inference.predictor import load_checkpoint_predictor, read_image
     image_path = next((demo_shards.parent / "coco" / "images" / "val").iterdir())
     mlflow.set_tracking_uri(server.uri)
-    served = mlflow.pyfunc.load_model("models:/e2e-pose@champion").predict({"image": [image_path.read_bytes()]})
+    served = mlflow.pyfunc.load_model("models:/e2e-pose@champion").predict(
+        pd.DataFrame({"image": [image_path.read_bytes()]}))
     local = load_checkpoint_predictor(champion.tags["checkpoint"]).predict([read_image(str(image_path))])
     assert np.array_equal(np.array(served["keypoints"][0]), local[0][0]["keypoints"])
 

@@ -3,7 +3,10 @@ as base64 JSON (with and without boxes) get exactly the pyfunc's answer; the ser
 group is stopped at the end."""
 from __future__ import annotations
 
+import base64
+import json
 import os
+import urllib.error
 
 import mlflow
 import numpy as np
@@ -30,12 +33,17 @@ def test_served_champion_answers_like_the_pyfunc(registered_model, tmp_path):  #
     with server:
         group = server.process.pid
         answer = server.invoke(request_body(images, boxes))
-        # integer boxes are refused with a message (the signature says double)
-        with pytest.raises(Exception, match="400|Bad Request"):
-            server.invoke(request_body(images[:1]).replace(b'"}]}', b'", "boxes": [[1, 2, 30, 40]]}]}'))
+        # JSON written by hand: integer boxes, a record without boxes, one with null
+        records = [{"image": base64.b64encode(images[0]).decode()},
+                   {"image": base64.b64encode(images[1]).decode(), "boxes": [[20, 10, 120, 200], [5, 5, 60, 90]]},
+                   {"image": base64.b64encode(images[2]).decode(), "boxes": None}]
+        by_hand = server.invoke(json.dumps({"dataframe_records": records}).encode())
+        with pytest.raises(urllib.error.HTTPError, match="400"):
+            server.invoke(b'{"dataframe_records": [{"image": "not base64!"}]}')
     with pytest.raises(ProcessLookupError):
         os.killpg(group, 0)  # the whole group is gone
 
+    assert by_hand == answer
     assert [row["image_index"] for row in answer] == list(expected["image_index"])
     assert [row["person_index"] for row in answer] == list(expected["person_index"])
     for row, (_, want) in zip(answer, expected.iterrows()):

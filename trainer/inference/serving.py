@@ -85,6 +85,7 @@ class ModelServer:
         except ProcessLookupError:
             pass
         self.process.wait()
+        _wait_group_gone(self.process.pid, timeout_s=10.0)  # orphaned workers are reaped by init
         self.process = None
 
     def __enter__(self) -> "ModelServer":
@@ -92,3 +93,13 @@ class ModelServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _wait_group_gone(group: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)

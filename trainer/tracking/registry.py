@@ -9,7 +9,8 @@ so loading never unpickles anything. The package's source travels in the model (
 pinned requirements, a signature and an input example: see model_package.py.
 
 `mlflow.pyfunc.load_model("models:/NAME@champion").predict(frame)`:
-  input   a pandas DataFrame (or a dict of lists / list of dicts) with one row per image:
+  input   a pandas DataFrame (or a list of dicts) with one row per image (with the signature,
+          MLflow turns a dict of lists into ONE row of lists: use a DataFrame):
           `image`: encoded image bytes (JPEG, PNG, ...); base64 in the JSON of `mlflow models serve`;
           `boxes` (optional): person boxes [[x, y, w, h], ...] in image px, as a list or a JSON
           string; missing, null or empty: the whole image is one person.
