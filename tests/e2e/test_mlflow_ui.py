@@ -25,7 +25,7 @@ def chromium(profile: Path, height: int, *args: str) -> subprocess.CompletedProc
     # The charts are drawn after lazy chunks load: a long virtual-time budget and every
     # compositor stage before the capture. One profile for all pages (the UI's own state).
     return subprocess.run([CHROMIUM, "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars",
-                           f"--user-data-dir={profile}", f"--window-size=1400,{height}",
+                           f"--user-data-dir={profile}", f"--window-size=1600,{height}",
                            "--virtual-time-budget=90000", "--run-all-compositor-stages-before-draw", *args],
                           capture_output=True, text=True, timeout=300)
 

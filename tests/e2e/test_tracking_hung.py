@@ -1,5 +1,5 @@
-"""Tracking never waits on a hung server. A real single-process training (eval, a best checkpoint
-registered every epoch) tracks to a loopback server that accepts connections and never answers,
+"""Tracking never waits on a hung server. A real single-process training (one epoch, an eval and
+its best checkpoint registered) tracks to a loopback server that accepts connections and never answers,
 or answers after 20 s; it is compared with the same training without tracking:
 - step-to-step wall time stays within a second of the baseline's;
 - the job's end waits no longer than tracking.finish_timeout_s (plus the baseline's own tail);
@@ -20,14 +20,13 @@ from mlflow.tracking import MlflowClient
 
 from tests.e2e.faults_testlib import run, start, stop_session, train_command
 from tests.e2e.stalling_server import StallingServer
-from tests.mlflow_server import MlflowServer
 from tests.testlib import demo_shards  # noqa: F401 (fixture)
 from trainer.checkpoint import MARKER
 from trainer.tracking.base import read_local_metrics
 
 pytestmark = pytest.mark.slow
 FINISH_TIMEOUT_S = 8.0
-TRAINING = ("schedule.epochs=2", "eval.every_epochs=1")
+TRAINING = ("schedule.epochs=1", "eval.every_epochs=1")  # 26 steps, one eval, one registration
 
 
 def timed_training(shards: Path, out: Path, log: Path, *overrides: str) -> dict[str, float]:
@@ -56,13 +55,14 @@ def baseline(demo_shards, tmp_path_factory) -> dict[str, float]:  # noqa: F811
 
 
 @pytest.mark.parametrize("answer_after_s", [None, 20.0], ids=["never-answers", "answers-after-20s"])
-def test_hung_server_never_stalls_training(answer_after_s, baseline, demo_shards, tmp_path):  # noqa: F811
+def test_hung_server_never_stalls_training(answer_after_s, baseline, demo_shards, mlflow_server, tmp_path):  # noqa: F811
     stalling = StallingServer(answer_after_s)
+    name = "hung-pose" if answer_after_s is None else "slow-pose"
     out, log = tmp_path / "run", tmp_path / "job.log"
     try:
         figures = timed_training(
             demo_shards, out, log, "tracking.enabled=true", f"tracking.uri={stalling.uri}",
-            "tracking.experiment=hung", "tracking.registered_model=hung-pose",
+            f"tracking.experiment={name}", f"tracking.registered_model={name}",
             f"tracking.finish_timeout_s={FINISH_TIMEOUT_S}")
     finally:
         stalling.stop()
@@ -84,21 +84,18 @@ def test_hung_server_never_stalls_training(answer_after_s, baseline, demo_shards
     registrations = kinds.count("register")  # one per improving eval, kept for tracking-sync
     assert registrations >= 1 and kinds[-1] == "finish", kinds
 
-    server = MlflowServer(tmp_path / "server").start()
-    try:
-        sync = run([sys.executable, "-m", "trainer", "tracking-sync", "--run-dir", str(out),
-                    "--tracking-uri", server.uri])
-        assert sync.returncode == 0, sync.stderr[-3000:]
-        client = MlflowClient(server.uri)
-        journal = json.loads((out / "mlflow_state.json").read_text())
-        assert journal["pending"] == []
-        mlflow_run = client.get_run(journal["run_id"])
-        assert mlflow_run.info.status == "FINISHED"
-        history = sorted(m.step for m in client.get_metric_history(mlflow_run.info.run_id, "train/loss"))
-        assert history == list(range(1, figures["steps"] + 1))
-        assert "eval/AP" in mlflow_run.data.metrics
-        versions = client.search_model_versions("name='hung-pose'")
-        assert len(versions) == registrations and all(v.run_id == mlflow_run.info.run_id for v in versions)
-        assert client.get_model_version_by_alias("hung-pose", "champion").version in {v.version for v in versions}
-    finally:
-        server.stop()
+    # later, to a real server (the session's)
+    sync = run([sys.executable, "-m", "trainer", "tracking-sync", "--run-dir", str(out),
+                "--tracking-uri", mlflow_server.uri])
+    assert sync.returncode == 0, sync.stderr[-3000:]
+    client = MlflowClient(mlflow_server.uri)
+    journal = json.loads((out / "mlflow_state.json").read_text())
+    assert journal["pending"] == []
+    mlflow_run = client.get_run(journal["run_id"])
+    assert mlflow_run.info.status == "FINISHED"
+    history = sorted(m.step for m in client.get_metric_history(mlflow_run.info.run_id, "train/loss"))
+    assert history == list(range(1, figures["steps"] + 1))
+    assert "eval/AP" in mlflow_run.data.metrics
+    versions = client.search_model_versions(f"name='{name}'")
+    assert len(versions) == registrations and all(v.run_id == mlflow_run.info.run_id for v in versions)
+    assert client.get_model_version_by_alias(name, "champion").version in {v.version for v in versions}

@@ -7,6 +7,7 @@
   info.py        params (the flattened config) and tags of a run
   plots.py       metric curves and eval overlays logged as artifacts
   registry.py    best checkpoint -> registered pyfunc model version + alias
+  model_package.py  the self-contained pyfunc directory: code, pinned requirements, signature
   sync.py        python -m trainer tracking-sync
 """
 from __future__ import annotations
