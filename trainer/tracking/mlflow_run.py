@@ -42,6 +42,10 @@ class MLflowTracker(LocalMetrics):
         self.output_dir = output_dir
         self.config_dict, self.registered_model, self.alias = config_dict, registered_model, alias
         use_short_client_timeouts()
+        # Import the client here, before step 1: in the thread, importing MLflow holds the GIL for
+        # seconds in pieces and lands between training steps (a 1 s step gap against a hung server).
+        import mlflow.entities  # noqa: F401
+        import mlflow.tracking  # noqa: F401
         # urllib3 logs every retry as a warning: the thread prints its own single warning instead.
         logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
         self.journal = Journal(output_dir)
