@@ -2,7 +2,8 @@
 (eval metrics), its metric charts (the loss curve), and the registered model page (the version
 and its `champion` alias). Screenshots + DOM checks.
 
-POSEFORGE_UPDATE_DOCS_SCREENSHOT=1 also copies the screenshots to docs/img/ (the README's).
+POSEFORGE_UPDATE_DOCS_SCREENSHOT=1 also copies the screenshots to docs/img/ (the README's come from
+a demo-config run: see the README's MLflow section).
 """
 from __future__ import annotations
 
