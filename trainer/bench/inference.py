@@ -1,5 +1,5 @@
-"""Inference throughput of the registered-model package: images/s through the pyfunc in this
-process, and through `mlflow models serve --env-manager local` (one uvicorn worker) over loopback
+"""Inference throughput of the registered-model package: images/s through the pyfunc (one
+process), and through `mlflow models serve --env-manager local` (one uvicorn worker) over loopback
 HTTP with base64 JSON. One person box per image (the whole image), flip test as configured.
 
 The package is the one registration writes (trainer/tracking/model_package.py) for random
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer.bench.steps import ModelShape, use_all_cores
+from trainer.bench.steps import ModelShape
 from trainer.bench.timing import interleaved, paired_ratio, summary
 
 RECIPE = Path(__file__).resolve().parents[2] / "configs" / "coco_hg8_256.yaml"
@@ -46,27 +46,59 @@ def _photos(count: int, seed: int = 0) -> list[bytes]:
     return photos
 
 
-def measure_inference(shape: ModelShape, rounds: int) -> dict:
-    """images/s of the pyfunc and of the served model, `shape.batch` images per call."""
-    import pandas as pd
+class _PyfuncWorker:
+    """trainer.bench.inference_worker: the pyfunc in a fresh process, one predict per request."""
 
-    import mlflow.pyfunc
+    def __init__(self, path: str, images: list[str], env: dict[str, str]) -> None:
+        import subprocess
+        import sys
+        self.process = subprocess.Popen([sys.executable, "-m", "trainer.bench.inference_worker", path, *images],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self._expect("ready")
+
+    def _expect(self, word: str) -> None:
+        line = self.process.stdout.readline().strip()
+        if line != word:
+            raise RuntimeError(f"inference worker said {line!r} (exit code {self.process.poll()})")
+
+    def predict(self) -> None:
+        self.process.stdin.write("go\n")
+        self.process.stdin.flush()
+        self._expect("done")
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
+def measure_inference(shape: ModelShape, rounds: int) -> dict:
+    """images/s of the pyfunc and of the served model, `shape.batch` images per call. Each runs in
+    its own process with the same environment (this one only sends requests): measured in one
+    process, the pyfunc ran 3x slower than the same package served, because of this process's
+    thread set-up rather than anything MLflow does."""
+    import os
+
     from trainer.dist import free_port
     from trainer.inference.serving import ModelServer, request_body
-    threads = use_all_cores()
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     photos = _photos(shape.batch)
-    frame = pd.DataFrame({"image": photos})
     body = request_body(photos)
     with tempfile.TemporaryDirectory(prefix="poseforge-bench-inference-") as scratch:
         path = _package(shape, Path(scratch))
-        model = mlflow.pyfunc.load_model(path)
-        server = ModelServer(path, free_port(), str(Path(scratch) / "serve.log"),
-                             env={"OMP_NUM_THREADS": str(threads)})
-        with server:
-            times = interleaved({"pyfunc": lambda: model.predict(frame), "served": lambda: server.invoke(body)},
-                                repeats=rounds, warmup=1)
+        files = []
+        for index, data in enumerate(photos):
+            files.append(str(Path(scratch) / f"{index}.jpg"))
+            Path(files[-1]).write_bytes(data)
+        worker = _PyfuncWorker(path, files, env)
+        try:
+            with ModelServer(path, free_port(), str(Path(scratch) / "serve.log"), env=env) as server:
+                times = interleaved({"pyfunc": worker.predict, "served": lambda: server.invoke(body)},
+                                    repeats=rounds, warmup=1)
+        finally:
+            worker.close()
     result = {"model": shape.label(), "threads": threads, "images_per_call": shape.batch,
-              "request_bytes": len(body), "flip_test": True}
+              "request_bytes": len(body), "flip_test": True, "processes": "one each, same environment"}
     for name, seconds in times.items():
         result[name] = {**summary(seconds), "images_per_s": shape.batch / summary(seconds)["median_s"]}
     result["served_over_pyfunc_time"] = paired_ratio(times["served"], times["pyfunc"])

@@ -79,3 +79,5 @@ def test_inference_benchmark_times_the_pyfunc_and_the_served_model(tmp_path):
     for path in ("pyfunc", "served"):
         assert inference[path]["images_per_s"] > 0 and len(inference[path]["runs_s"]) == 1
     assert inference["served_over_pyfunc_time"]["median"] > 0
+    result = json.loads(out.read_text())
+    assert "pyfunc vs served" in render_markdown({**result, "parts": {"inference": inference}})
