@@ -63,7 +63,7 @@ def test_hung_server_never_stalls_training(answer_after_s, baseline, demo_shards
         figures = timed_training(
             demo_shards, out, log, "tracking.enabled=true", f"tracking.uri={stalling.uri}",
             f"tracking.experiment={name}", f"tracking.registered_model={name}",
-            f"tracking.finish_timeout_s={FINISH_TIMEOUT_S}")
+            f"tracking.finish_timeout_s={FINISH_TIMEOUT_S}", "tracking.register_min_metric=-1")
     finally:
         stalling.stop()
     print(f"\n{stalling.uri} ({'never answers' if answer_after_s is None else f'answers after {answer_after_s:g} s'}, "
