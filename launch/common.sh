@@ -1,5 +1,5 @@
-# Shared by the launch scripts (sourced, never run): find the repository and Python, check the
-# trainer config before anything is launched or queued, and print each command before it runs.
+# Shared by the launch scripts (sourced, never run): find the repository and Python, run the
+# trainer's preflight (`python -m trainer check`) before anything is launched or queued, and print each command before it runs.
 #
 # Variables read (all optional):
 #   POSEFORGE_DIR  repository root (default: the parent of this launch/ directory)
@@ -15,6 +15,10 @@ export PYTHONPATH="${POSEFORGE_DIR}${PYTHONPATH:+:${PYTHONPATH}}"
 
 # torchrun forwards these to its workers instead of dying of them; SIGUSR1 is SLURM's
 # pre-emption notice (see slurm_train.sbatch). The trainer treats each as "checkpoint and stop".
+# Exit statuses: the trainer exits 0 when finished, 128 + the signal after saving on a stop (143
+# SIGTERM, 130 SIGINT, 138 SIGUSR1), 2 on a user mistake. torchrun on top: when it receives one of
+# these signals itself it stops the workers and exits non-zero with a SignalException traceback
+# of its own; when a worker fails it prints a summary (the worker's exitcode) and exits 1.
 PF_TORCHRUN_SIGNALS="SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 
 # With --max-restarts > 0, torchrun shares one TCPStore between its rendezvous and the workers,
@@ -22,23 +26,25 @@ PF_TORCHRUN_SIGNALS="SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 # refused" at init_process_group; pytorch issue #135712). A store per attempt avoids that.
 export TORCH_DISABLE_SHARE_RDZV_TCP_STORE="${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}"
 
-# pf_validate_config TRAIN_ARGS...: resolve the config exactly as `python -m trainer train` will
-# (file, base file, overrides) without importing torch; on a mistake print the trainer's message
-# and exit with its status (2), so nothing is launched or queued. Sets PF_RESOLVED_CONFIG.
+# pf_validate_config TRAIN_ARGS...: the trainer's preflight, `python -m trainer check`, on exactly
+# what `python -m trainer train` will get: config (file, base file, overrides), shard locations and
+# manifests, keypoint schema, output directory (writable, same config, not in use), device. On a
+# mistake print its one line and exit with its status (2), so nothing is launched or queued.
+# Sets PF_CHECK_OUTPUT. PF_CHECK_ARGS adds options (torchrun_multi_node.sh: --skip-lock).
 pf_validate_config() {
     local status=0
-    PF_RESOLVED_CONFIG="$("$PYTHON" -m trainer train --print-config "$@")" || status=$?
+    PF_CHECK_OUTPUT="$("$PYTHON" -m trainer check ${PF_CHECK_ARGS:-} "$@")" || status=$?
     if (( status != 0 )); then
         echo "poseforge: config check failed (exit ${status}); nothing was launched" >&2
         exit "$status"
     fi
-    echo "poseforge: config OK: $*"
+    echo "poseforge: check OK: $*"
 }
 
 # pf_warn_if_no_auto_resume: restarts (torchrun --max-restarts, SLURM requeue) only continue the
-# run when the trainer resumes from its newest checkpoint.
+# run when the trainer resumes from its newest checkpoint; `check` prints a note when it does not.
 pf_warn_if_no_auto_resume() {
-    if grep -qE '^ +auto_resume: false' <<<"${PF_RESOLVED_CONFIG:-}"; then
+    if grep -q 'checkpoint.auto_resume is false' <<<"${PF_CHECK_OUTPUT:-}"; then
         echo "poseforge: warning: checkpoint.auto_resume is false: a restarted run starts from step 0" >&2
     fi
 }

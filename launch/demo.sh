@@ -47,6 +47,6 @@ step "5/5 prediction with the registered model"
 $py -m trainer predict --model "models:/poseforge-demo@champion" \
   --tracking-uri "sqlite:///demo/run/mlflow.db" \
   --boxes demo/data/annotations/person_detections_val.json \
-  --images $(ls demo/data/images/val/*.jpg | head -3) --out demo/predictions
+  --images $(ls demo/data/images/val/*.jpg | head -3) --out demo/predictions --overwrite
 step "done: $(( $(date +%s) - start )) s in all; best checkpoint $best"
 echo "browse the run: .venv/bin/mlflow ui --backend-store-uri sqlite:///demo/run/mlflow.db"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Check the config on the login node (a second), then queue launch/slurm_train.sbatch, so a typo
-# fails now instead of after the wait in the queue. The job checks it again before srun.
+# Run the preflight (`python -m trainer check`: config, shard paths and manifests, keypoint schema,
+# output directory and its lock; seconds) on the login node, then queue launch/slurm_train.sbatch,
+# so a mistake fails now instead of after the wait in the queue. The job checks again before srun.
 #
 #   launch/submit_slurm.sh --nodes=2 --gpus-per-node=8 --cpus-per-task=64 --time=24:00:00 -- \
 #       --config configs/coco_hg8_256.yaml output_dir=runs/hg8

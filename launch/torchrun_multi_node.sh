@@ -21,6 +21,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 : "${RDZV_ENDPOINT:?set RDZV_ENDPOINT=host:port (the same on every node)}"
 : "${NNODES:?set NNODES to the node count (or MIN:MAX)}"
+# Every node runs this script; the job's rank 0 (on whichever node starts first) takes the run
+# directory's lock, so the other nodes' checks must not take it for a second job's.
+PF_CHECK_ARGS="--skip-lock"
 pf_validate_config "$@"
 gpus="$(pf_gpu_count)"
 nproc="${NPROC_PER_NODE:-$(( gpus > 0 ? gpus : 1 ))}"

@@ -1,4 +1,10 @@
-"""COCO person_keypoints json + image folder -> instance records (ground-truth or detector boxes)."""
+"""COCO person_keypoints json + image folder -> instance records (ground-truth or detector boxes).
+
+The manifest says which (`boxes`: "gt" | "detector"; with detector boxes also `detector`: the
+file's path, sha256, the score threshold and box counts), so evaluation applies the matching
+protocol. Detector boxes scoring below the threshold are dropped (mmpose's filter_cfg
+bbox_score_thr, HRNet's TEST.IMAGE_THRE; both recipes use 0.0, i.e. keep every box).
+"""
 from __future__ import annotations
 
 import os
@@ -93,15 +99,21 @@ def load_coco(annotations: str, images_dir: str, schema: KeypointSchema,
             continue
         area = float(ann.get("area") or bbox[2] * bbox[3])
         records.append(_record(images[image_id], images_dir, image_id, ann_id, bbox, kps, area, {}))
+    fields: dict = {"boxes": "gt"}
     if detections is not None:
-        records = _detection_records(detections, images, images_dir, k, person_id, score_threshold, skipped)
+        records, in_file = _detection_records(detections, images, images_dir, k, person_id, score_threshold,
+                                              skipped)
         sources["detections"] = file_info(detections)
         sources["score_threshold"] = score_threshold
-    return Source(records, skipped, lambda _skipped_keys: _ground_truth(data, person_id), sources)
+        # evaluation reads these to pick the detector-box protocol (rescoring + OKS-NMS)
+        fields = {"boxes": "detector", "detector": {**sources["detections"], "score_threshold": score_threshold,
+                                                    "boxes_in_file": in_file, "boxes_used": len(records)}}
+    return Source(records, skipped, lambda _skipped_keys: _ground_truth(data, person_id), sources, fields)
 
 
 def _detection_records(path: str, images: dict[int, dict], images_dir: str, k: int, person_id: int,
-                       threshold: float, skipped: Counter) -> list[InstanceRecord]:
+                       threshold: float, skipped: Counter) -> tuple[list[InstanceRecord], int]:
+    """One record per usable detector box, and the number of boxes in the file."""
     dets = load_json(path)
     if not isinstance(dets, list):
         raise ShardError(f"{path}: a detection-results file must be a list of "
@@ -124,4 +136,4 @@ def _detection_records(path: str, images: dict[int, dict], images_dir: str, k: i
         else:
             records.append(_record(images[image_id], images_dir, image_id, i, bbox, empty,
                                    bbox[2] * bbox[3], {"score": score}))
-    return records
+    return records, len(dets)

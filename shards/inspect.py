@@ -9,6 +9,7 @@ import os
 import cv2
 import numpy as np
 
+from .errors import ShardError
 from .manifest import manifest_schema, read_manifest
 from .reading import iter_samples
 from .schema import KeypointSchema
@@ -67,7 +68,7 @@ def contact_sheet(directory: str, out_path: str, n: int = 16, tile: int = 192) -
         cv2.putText(img, key, (3, tile - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1, cv2.LINE_AA)
         tiles.append(img)
     if not tiles:
-        return 0
+        raise ShardError(f"{directory}: no sample could be read: nothing to draw")
     cols = math.ceil(math.sqrt(len(tiles)))
     rows = math.ceil(len(tiles) / cols)
     sheet = np.zeros((rows * tile, cols * tile, 3), np.uint8)
@@ -75,5 +76,9 @@ def contact_sheet(directory: str, out_path: str, n: int = 16, tile: int = 192) -
         r, c = divmod(i, cols)
         sheet[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile] = t
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    cv2.imwrite(out_path, sheet)
+    ok, png = cv2.imencode(os.path.splitext(out_path)[1] or ".png", sheet)
+    if not ok:
+        raise ShardError(f"{out_path}: cannot encode an image of this type (use .png or .jpg)")
+    with open(out_path, "wb") as f:  # an OSError (read-only, full disk) names the file; imwrite hides it
+        f.write(png.tobytes())
     return len(tiles)

@@ -18,6 +18,8 @@ class Source:
     skipped: Counter  # records dropped while reading annotations, by reason
     ground_truth: Callable[[set[str]], Any]  # given the keys skipped later, the evaluation truth
     sources: dict[str, Any] = field(default_factory=dict)  # input files and their sha256
+    # top-level manifest keys that tell evaluation how to score the set (box source, head sizes)
+    manifest_fields: dict[str, Any] = field(default_factory=dict)
 
 
 def load_json(path: str) -> Any:

@@ -5,7 +5,9 @@ or a tiny unlabelled person (num_keypoints 0), then 1-4 articulated people (heig
 the image, rotated, overlapping, some cut by the frame: v=0), objects in front of some of them
 (joints behind another person or an object: v=1), and sensor grain. Deterministic by seed: image
 i of a split depends only on (seed, split, i), whatever the number of workers.
-MPII files use MATLAB's 1-based pixel coordinates, like the real ones; the readers subtract 1.
+MPII files use MATLAB's 1-based pixel coordinates, like the real ones; the readers subtract 1. The MPII
+json files carry no head boxes (as HRNet's / mmpose's do not); the val people's head boxes go to
+annotations/gt_valid.mat in the evaluation file's layout, and all of them to the release .mat.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import cv2
 import numpy as np
 
 from .schema import COCO17, MPII16
+from .write import ignore_sigint
 from .synth_figure import (J, Difficulty, add_grain, background, draw_figure, draw_occluder,
                            ear_hidden, random_pose)
 
@@ -89,9 +92,11 @@ def render_image(seed: int, split: str, index: int, difficulty: Difficulty
             if ear_hidden(fig, side) and vis[J[f"{side}_ear"]] == 2:
                 vis[J[f"{side}_ear"]] = 1
         head = np.array([fig.joints[J["head_top"]], fig.joints[J["upper_neck"]]])
-        r = 0.06 * fig.height
-        head_box = [float(head[:, 0].min() - r), float(head[:, 1].min() - r * 0.3),
-                    float(head[:, 0].max() + r), float(head[:, 1].max() + r * 0.3)]
+        # head box 0.6 x 1.1 neck-to-top lengths when upright: diagonal 1.25 of them, the proportion
+        # --estimate-head-size assumes for MPII's real boxes; a tilted head's axis-aligned box is larger
+        d = float(np.hypot(*(head[0] - head[1])))
+        head_box = [float(head[:, 0].min() - 0.3 * d), float(head[:, 1].min() - 0.05 * d),
+                    float(head[:, 0].max() + 0.3 * d), float(head[:, 1].max() + 0.05 * d)]
         people.append({"joints": np.round(fig.joints, 2), "vis": vis, "bbox": box, "area": area,
                        "head_box": [round(v, 2) for v in head_box]})
     img = add_grain(rng, img, rng.uniform(5.0, 8.0))
@@ -112,7 +117,7 @@ def _render_split(out: str, seed: int, split: str, count: int, difficulty: Diffi
     tasks = [(seed, split, i, difficulty.level, paths[i]) for i in range(count)]
     if workers <= 1 or count < 8:
         return [_render_task(t) for t in tasks]
-    with mp.get_context("spawn").Pool(workers) as pool:
+    with mp.get_context("spawn").Pool(workers, initializer=ignore_sigint) as pool:
         return list(pool.imap(_render_task, tasks, chunksize=4))
 
 
@@ -153,17 +158,25 @@ def _coco_ann(ann_id: int, image_id: int, box: list[float], area: float, crowd: 
             "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]}
 
 
+def _jittered(ann: dict, rng: np.random.Generator, spread: float, score: float) -> dict:
+    x, y, w, h = ann["bbox"]
+    jx, jy, jw, jh = rng.normal(0, spread, 4) * (w, h, w, h)
+    return {"image_id": ann["image_id"], "category_id": 1, "score": round(score, 4),
+            "bbox": [round(float(v), 2) for v in (x + jx, y + jy, max(2.0, w + jw), max(2.0, h + jh))]}
+
+
 def _detections(data: dict, seed: int) -> list[dict]:
-    """A person detector's output: jittered true boxes, a few misses and false positives."""
+    """A person detector's output: jittered true boxes, a few misses, near-duplicate boxes of some
+    people (what OKS-NMS removes) and low-scoring false positives."""
     rng = np.random.default_rng([seed, 99])
     dets = []
     for ann in data["annotations"]:
         if ann["iscrowd"] or rng.random() < 0.05:
             continue
-        x, y, w, h = ann["bbox"]
-        jx, jy, jw, jh = rng.normal(0, 0.05, 4) * (w, h, w, h)
-        dets.append({"image_id": ann["image_id"], "category_id": 1, "score": round(float(rng.uniform(0.5, 1.0)), 4),
-                     "bbox": [round(float(v), 2) for v in (x + jx, y + jy, max(2.0, w + jw), max(2.0, h + jh))]})
+        score = float(rng.uniform(0.5, 1.0))
+        dets.append(_jittered(ann, rng, 0.05, score))
+        if rng.random() < 0.3:
+            dets.append(_jittered(ann, rng, 0.03, score * float(rng.uniform(0.6, 0.95))))
     for img in data["images"]:
         for _ in range(int(rng.integers(0, 3))):
             w, h = rng.uniform(20, 200, 2)
@@ -204,7 +217,7 @@ def _mpii_person(name: str, person: dict) -> dict:
 
 def synth_mpii(out: str, images: int, val_images: int, seed: int, difficulty: Difficulty,
                workers: int = 1) -> dict:
-    from .synth_mat import write_release_mat
+    from .synth_mat import write_head_boxes_mat, write_release_mat
 
     img_dir = os.path.join(out, "images")
     os.makedirs(img_dir, exist_ok=True)
@@ -220,7 +233,10 @@ def synth_mpii(out: str, images: int, val_images: int, seed: int, difficulty: Di
                    if (p["vis"][MPII_JOINTS] > 0).any()]
         per_split[split] = entries
         all_names += names
-        write_json(os.path.join(out, "annotations", f"{split}.json"), entries)
+        # like the real train.json / valid.json: no head boxes (those live in gt_valid.mat)
+        write_json(os.path.join(out, "annotations", f"{split}.json"),
+                   [{k: v for k, v in e.items() if k != "head_box"} for e in entries])
     write_release_mat(os.path.join(out, "annotations", "mpii_human_pose_v1_u12_1.mat"),
                       all_names, per_split["train"] + per_split["val"])
+    write_head_boxes_mat(os.path.join(out, "annotations", "gt_valid.mat"), per_split["val"])
     return {"train_people": len(per_split["train"]), "val_people": len(per_split["val"])}

@@ -1,4 +1,5 @@
-"""Write people in the layout of the official MPII release file (RELEASE struct, scipy.io)."""
+"""Write people in the layouts of the official MPII files (scipy.io): the RELEASE struct, and the
+evaluation ground truth gt_valid.mat (HRNet) / mpii_gt_val.mat (mmpose)."""
 from __future__ import annotations
 
 import numpy as np
@@ -39,3 +40,27 @@ def write_release_mat(path: str, image_names: list[str], people: list[dict]) -> 
                "img_train": np.ones((1, len(image_names))),  # MPII's validation people come from train
                "single_person": single, "version": "poseforge-synthetic"}
     savemat(path, {"RELEASE": release}, do_compression=True)
+
+
+# joint names as the evaluation file's dataset_joints spells them, in MPII joint order
+GT_JOINT_NAMES = ("rank", "rkne", "rhip", "lhip", "lkne", "lank", "pelv", "thor", "neck", "head",
+                  "rwri", "relb", "rsho", "lsho", "lelb", "lwri")
+
+
+def write_head_boxes_mat(path: str, people: list[dict]) -> None:
+    """The gt_valid.mat layout for json-convention entries (1-based px, with `head_box`), column i
+    = entry i: headboxes_src [2, 2, N], pos_gt_src [16, 2, N], jnt_missing [16, N], dataset_joints."""
+    n, k = len(people), len(GT_JOINT_NAMES)
+    headboxes = np.zeros((2, 2, n))
+    joints = np.zeros((k, 2, n))
+    missing = np.zeros((k, n))
+    for i, p in enumerate(people):
+        x1, y1, x2, y2 = p["head_box"]
+        headboxes[0, :, i], headboxes[1, :, i] = (x1, y1), (x2, y2)
+        for j, (x, y) in enumerate(p["joints"]):
+            joints[j, :, i] = (x, y)
+            missing[j, i] = 1.0 if x < 0 and y < 0 else 0.0
+    names = np.empty((1, k), dtype=object)
+    names[0, :] = GT_JOINT_NAMES
+    savemat(path, {"dataset_joints": names, "jnt_missing": missing, "pos_gt_src": joints,
+                   "headboxes_src": headboxes})

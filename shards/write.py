@@ -15,6 +15,7 @@ import io
 import json
 import multiprocessing as mp
 import os
+import signal
 import sys
 import time
 from collections import Counter
@@ -33,6 +34,11 @@ from .schema import KeypointSchema
 PROGRESS_DIR = ".progress"
 # test hook: seconds to sleep after each shard, so a test can SIGKILL a run midway
 THROTTLE_ENV = "POSEFORGE_SHARDS_THROTTLE_S"
+
+
+def ignore_sigint() -> None:
+    """Pool workers leave Ctrl-C to the parent, which stops them: one line, not one traceback each."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def shard_name(index: int) -> str:
@@ -157,7 +163,8 @@ def write_shards(records: Iterable[InstanceRecord], out_dir: str, *, dataset: st
                  schema: KeypointSchema, settings: CropSettings, samples_per_shard: int = 1000,
                  workers: int = 1, annotation_skips: dict[str, int] | None = None,
                  ground_truth: Callable[[set[str]], Any] | None = None,
-                 sources: dict[str, Any] | None = None, progress: bool = True) -> dict:
+                 sources: dict[str, Any] | None = None, progress: bool = True,
+                 manifest_fields: dict[str, Any] | None = None) -> dict:
     """Write the records into tar shards under out_dir and return the manifest (also written)."""
     if samples_per_shard < 1:
         raise ShardError(f"--samples-per-shard must be at least 1, got {samples_per_shard}")
@@ -192,7 +199,7 @@ def write_shards(records: Iterable[InstanceRecord], out_dir: str, *, dataset: st
             side = _write_shard(task)
             bar.update(len(task["records"]))
     else:
-        with mp.get_context("spawn").Pool(workers) as pool:
+        with mp.get_context("spawn").Pool(workers, initializer=ignore_sigint) as pool:
             for side in pool.imap_unordered(_write_shard, tasks()):
                 bar.update(side["samples"] + sum(side["skipped"].values()))
     bar.close()
@@ -217,6 +224,7 @@ def write_shards(records: Iterable[InstanceRecord], out_dir: str, *, dataset: st
         "ground_truth": ground_truth(skipped_keys) if ground_truth else None,
         "created_unix": int(time.time()),
         "writer": {"workers": workers, "seconds": round(elapsed, 3)},
+        **(manifest_fields or {}),
     }
     try:
         write_manifest(out_dir, manifest)

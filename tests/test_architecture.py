@@ -22,11 +22,12 @@ from tests.testlib import REPO
 LAYERS: dict[str, int] = {
     "trainer.errors": 0, "trainer.faults": 0, "trainer.config": 0, "trainer.dist": 0,
     "trainer.visualize": 1, "trainer.optim": 1, "trainer.progress": 1, "trainer.preemption": 1,
+    "trainer.run_dir": 1, "trainer.outputs": 1,
     "trainer.model": 2,
     "trainer.data": 3,
     "trainer.backends": 4,
     "trainer.checkpoint": 5,
-    "trainer.step": 6, "trainer.evaluation": 6,
+    "trainer.step": 6, "trainer.evaluation": 6, "trainer.preflight": 6,
     "trainer.inference": 7,
     "trainer.tracking": 8,
     "trainer.bench": 9,

@@ -38,10 +38,11 @@ TINY_OVERRIDES = ["model.stacks=1", "model.features=32", "model.input_size=[64,6
 
 def torchrun_command(nproc: int, *program: str, max_restarts: int = 0,
                      signals: str | None = None) -> list[str]:
-    """`torchrun --nproc-per-node N` on one node (a fresh loopback rendezvous port each time),
-    followed by the program: a script path or `-m module`, and its arguments."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-               "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+    """`torchrun --standalone --nproc-per-node N`, followed by the program: a script path or
+    `-m module`, and its arguments. --standalone is a c10d rendezvous on a free localhost port
+    with a fresh id: concurrent jobs never share a port, and restarts (--max-restarts) re-form the
+    group (a static --master-port rendezvous hung on a restart after a SIGKILLed rank)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
                "--max-restarts", str(max_restarts)]
     if signals:
         command += ["--signals-to-handle", signals]

@@ -1,24 +1,31 @@
-"""python -m trainer {train, eval, predict, show-batch, bench, tracking-sync} — the command line.
+"""python -m trainer {train, check, eval, predict, show-batch, bench, tracking-sync} — the command line.
 
-User mistakes (config, shards, inputs) print one clear line and exit 2; no traceback.
+User mistakes (config, shards, inputs, paths, permissions) print one clear line and exit 2; no
+traceback unless --debug (anywhere on the line) or POSEFORGE_DEBUG=1. Ctrl-C: one line, exit 130.
+A training run stopped by a signal saves, names its checkpoint and exits 128 + the signal number.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
-from trainer.config import ConfigError, dump_yaml, load_config
-
-EXIT_USAGE = 2
+from shards.errors import debug_requested, run_cli
+from trainer.config import Config, ConfigError, dump_yaml, load_config
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from shards.errors import ShardError
-    from trainer.dist import DistributedError
-    from trainer.errors import CheckpointError, MetricInputError
-    from trainer.inference.images import ImageInputError
-    return (ConfigError, ShardError, MetricInputError, CheckpointError, DistributedError, ImageInputError)
+    from trainer.errors import CheckpointError, MetricInputError, OutputError, RunDirError
+    errors: tuple[type[BaseException], ...] = (ConfigError, ShardError, MetricInputError, CheckpointError,
+                                                RunDirError, OutputError)
+    # Only modules already imported can have raised their errors: a config typo never waits for torch.
+    if "trainer.dist" in sys.modules:
+        errors += (sys.modules["trainer.dist"].DistributedError,)
+    if "trainer.inference.images" in sys.modules:
+        errors += (sys.modules["trainer.inference.images"].ImageInputError,)
+    return errors
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -37,16 +44,25 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a model (plain python: 1 process; torchrun: many)")
     _add_config_args(train)
     train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    train.add_argument("--resume", metavar="CHECKPOINT", help="resume from this checkpoint directory")
+    _add_resume_arg(train)
     train.add_argument("--init-from", metavar="CHECKPOINT", help="start from these weights only")
+
+    check = commands.add_parser("check", help="preflight a training launch in seconds (shards, schema, "
+                                "output directory, device); exit 2 naming the first problem")
+    _add_config_args(check)
+    _add_resume_arg(check)
+    check.add_argument("--skip-lock", action="store_true",
+                       help="do not fail when the run directory is locked (other nodes of the same job)")
 
     evaluate = commands.add_parser("eval", help="evaluate a checkpoint or a predictions file")
     evaluate.add_argument("--checkpoint", help="checkpoint directory (its saved config is used)")
-    evaluate.add_argument("--predictions", help="a COCO keypoint results json to score instead")
+    evaluate.add_argument("--predictions", help="score this instead: the per-sample records of --out (the "
+                          "manifest's protocol is applied) or final COCO keypoint results")
     evaluate.add_argument("--shards", required=True, help="val shard directory (with manifest.json)")
     evaluate.add_argument("--no-flip", action="store_true", help="disable the flip test")
     evaluate.add_argument("--out", help="write per-sample predictions (json) here, and for COCO the "
                           "COCO results next to it (NAME.coco_results.json)")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     evaluate.add_argument("--allow-incomplete", action="store_true",
                           help="report metrics even when val samples are missing")
     evaluate.add_argument("overrides", nargs="*", metavar="section.key=value")
@@ -54,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser("show-batch", help="draw one augmented batch with targets to a PNG")
     _add_config_args(show)
     show.add_argument("--out", required=True, help="PNG path")
+    show.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     show.add_argument("--split", choices=["train", "val"], default="train")
     show.add_argument("-n", type=int, default=16, help="number of samples")
 
@@ -66,27 +83,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_resume_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resume", nargs="?", const="", metavar="CHECKPOINT",
+                        help="continue the run in output_dir even though the config changed (the "
+                        "changes are applied and logged), from its newest checkpoint or CHECKPOINT")
+
+
 def main(argv: list[str] | None = None) -> int:
+    debug, argv = debug_requested(sys.argv[1:] if argv is None else list(argv))
     args = build_parser().parse_args(argv)
-    try:
-        return _run(args)
-    except ConfigError as error:  # before _user_errors(): a config typo should not wait for torch
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except _user_errors() as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+    return run_cli(lambda: _run(args), _user_errors, debug)
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.command == "train":
+    if args.command in ("train", "check"):
+        if args.resume and "=" in args.resume and not os.path.exists(args.resume):
+            # `--resume optim.lr=1e-4`: argparse gave the override to --resume's optional value
+            args.overrides, args.resume = [*args.overrides, args.resume], ""
         config = load_config(args.config, args.overrides)
+        if args.command == "check":
+            return _check(config, args)
         if args.print_config:
             print(dump_yaml(config), end="")
             return 0
         from trainer.train import train
-        train(config, resume=args.resume, init_from=args.init_from)
-        return 0
+        result = train(config, resume=args.resume, init_from=args.init_from)
+        if result.stop_signal is None:
+            return 0
+        if os.environ.get("RANK", "0") == "0":  # one line per job, not per rank
+            print(f"stopped by {result.stop_signal} at step {result.step}; checkpoint {result.checkpoint}; "
+                  f"the same command resumes it", file=sys.stderr)
+        return 128 + int(getattr(signal, result.stop_signal))
     if args.command == "eval":
         from trainer.evaluation.cli import run_eval
         return run_eval(args)
@@ -101,11 +128,24 @@ def _run(args: argparse.Namespace) -> int:
         return run_bench(args)
     if args.command == "show-batch":
         config = load_config(args.config, args.overrides)
+        from trainer.outputs import check_output_file
+        check_output_file(args.out, args.overwrite)
         from trainer.data.show_batch import show_batch
         show_batch(config, args.out, split=args.split, n=args.n)
         print(os.path.abspath(args.out))
         return 0
     raise AssertionError(args.command)
+
+
+def _check(config: "Config", args: argparse.Namespace) -> int:
+    from trainer.preflight import preflight
+    report = preflight(config, accept_changes=args.resume is not None, check_lock=not args.skip_lock)
+    for line in report.lines:
+        print(f"ok  {line}")
+    if not config.checkpoint.auto_resume:
+        print("note: checkpoint.auto_resume is false: a restarted or requeued run starts again from step 0")
+    print("check passed")
+    return 0
 
 
 if __name__ == "__main__":

@@ -23,11 +23,13 @@ from typing import Callable, Optional
 import yaml
 
 from trainer import dist, faults
+from shards.manifest import sha256_file
 from trainer.backends.base import Backend, safe_load
 from trainer.errors import CheckpointError
+from trainer.outputs import CHECKPOINT_MARKER
 from trainer.dist import WorldInfo
 
-MARKER = "COMPLETE"
+MARKER = CHECKPOINT_MARKER
 BEST_FILE = "best.json"
 CONFIG_FILE = "config.yaml"  # the resolved run config, for eval/export without the run dir
 _FINAL = re.compile(r"^step_(\d{8})$")
@@ -157,10 +159,10 @@ class CheckpointManager:
                               f"the unfinished copy was removed; the newest complete checkpoint is {previous}")
 
     def _commit(self, tmp: Path, final: Path, step: int) -> None:
-        files = {}
+        files = {}  # loading verifies every file against its size and sha256 (verify_checkpoint)
         for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
             _fsync_path(path)
-            files[str(path.relative_to(tmp))] = path.stat().st_size
+            files[str(path.relative_to(tmp))] = {"bytes": path.stat().st_size, "sha256": sha256_file(str(path))}
         for sub in sorted(p for p in tmp.rglob("*") if p.is_dir()):
             _fsync_path(sub)
         marker = {"step": step, "time": time.time(), "world_size": self.world.world_size, "files": files}
@@ -229,16 +231,42 @@ def complete_checkpoints(directory: Path) -> list[tuple[int, Path]]:
 
 
 def resolve_checkpoint(path: str) -> str:
-    """A complete checkpoint directory from `path`: itself, or the newest inside a checkpoints dir."""
+    """A complete, verified checkpoint directory from `path`: itself, or the newest inside a
+    checkpoints dir."""
     root = Path(path)
     if not root.is_dir():
         raise CheckpointError(f"{path}: checkpoint does not exist")
-    if read_marker(root) is not None:
-        return str(root)
-    found = complete_checkpoints(root)
-    if not found:
-        raise CheckpointError(f"{path}: not a complete checkpoint (no {MARKER} marker) and holds none")
-    return str(found[-1][1])
+    if read_marker(root) is None:
+        found = complete_checkpoints(root)
+        if not found:
+            raise CheckpointError(f"{path}: not a complete checkpoint (no {MARKER} marker) and holds none")
+        root = found[-1][1]
+    verify_checkpoint(root)
+    return str(root)
+
+
+_verified: set[tuple[str, float]] = set()  # (directory, marker mtime): hash each checkpoint once per process
+
+
+def verify_checkpoint(directory: str | Path) -> None:
+    """Every file the COMPLETE marker lists must have its recorded size (and sha256, where the marker
+    has one: markers written before hashes list sizes only); CheckpointError names a damaged file."""
+    root = Path(directory)
+    marker = read_marker(root) or {}
+    key = (str(root.resolve()), (root / MARKER).stat().st_mtime)
+    if key in _verified:
+        return
+    for name, recorded in (marker.get("files") or {}).items():
+        path = root / name
+        expected = recorded if isinstance(recorded, dict) else {"bytes": recorded}
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing from the checkpoint (its {MARKER} marker lists it)")
+        if path.stat().st_size != expected.get("bytes"):
+            raise CheckpointError(f"{path}: damaged: {path.stat().st_size} bytes, the checkpoint recorded "
+                                  f"{expected.get('bytes')}")
+        if "sha256" in expected and sha256_file(str(path)) != expected["sha256"]:
+            raise CheckpointError(f"{path}: damaged: its sha256 differs from the one the checkpoint recorded")
+    _verified.add(key)
 
 
 def read_checkpoint_config(path: str) -> dict:

@@ -12,3 +12,11 @@ class CheckpointError(RuntimeError):
 
 class MetricInputError(ValueError):
     """A user-caused problem with predictions or ground truth; the message says where."""
+
+
+class RunDirError(RuntimeError):
+    """A run directory that belongs to another config or another job; the message says which."""
+
+
+class OutputError(RuntimeError):
+    """An output path that exists (without --overwrite), lies inside a checkpoint, or cannot be written."""

@@ -16,6 +16,7 @@ from trainer import dist, faults
 from trainer.backends import make_backend
 from trainer.backends.base import slow_precision_warning
 from trainer.checkpoint import CheckpointManager, load_weights_only
+from trainer.errors import CheckpointError
 from trainer.config import Config, ConfigError, check_data_paths, save_config, to_dict
 from trainer.data import DataError, DataErrorTally, build_train_loader, stand_in_batch, train_batches_per_epoch
 from trainer.evaluation.runner import IncompleteEvaluation, evaluate
@@ -23,6 +24,8 @@ from trainer.model import build_model
 from trainer.model.codec import make_codec
 from trainer.optim import build_optimizer, build_scheduler, effective_lr
 from trainer.preemption import StopRequest, requeue_slurm_job
+from trainer.preflight import preflight
+from trainer.run_dir import Change, RunLock, record_run
 from trainer.progress import ConsoleProgress, Throughput
 from trainer.step import micro_batch_loss
 from trainer.tracking import open_tracker
@@ -39,6 +42,7 @@ class TrainResult:
     last_eval: dict[str, float]
     stopped_early: bool
     checkpoint: str | None
+    stop_signal: str | None = None  # SIGTERM, SIGINT, SIGUSR1 when stopped early
 
 
 def seed_everything(seed: int) -> None:
@@ -48,11 +52,23 @@ def seed_everything(seed: int) -> None:
 
 
 def train(config: Config, resume: str | None = None, init_from: str | None = None) -> TrainResult:
-    check_data_paths(config, need_val=config.eval.every_epochs > 0)
+    """`resume`: None (auto-resume, same config only), "" (continue with config changes), or a path."""
     world = dist.world_from_env()
-    device = dist.init_distributed(world, config.dist.timeout_s)
+    lock, changes = RunLock(config.output_dir), []
+    if world.is_main:
+        # Rank 0 owns the run directory: checks first, then the lock; until it has them the other
+        # ranks wait in init_distributed, and if it fails torchrun stops them.
+        changes = preflight(config, accept_changes=resume is not None).changes
+        lock.acquire()
+    else:
+        check_data_paths(config, need_val=config.eval.every_epochs > 0)
     try:
-        return _train(config, world, device, resume, init_from)
+        device = dist.init_distributed(world, config.dist.timeout_s)
+    except BaseException:
+        lock.release()
+        raise
+    try:
+        return _train(config, world, device, resume, init_from, changes)
     except BaseException as error:
         # The traceback would keep _train's data loader alive past multiprocessing's exit handler,
         # whose terminate() the loader workers ignore: the process would never exit. Free it now.
@@ -63,10 +79,11 @@ def train(config: Config, resume: str | None = None, init_from: str | None = Non
         raise
     finally:
         dist.teardown()
+        lock.release()
 
 
 def _train(config: Config, world: dist.WorldInfo, device: torch.device,
-           resume: str | None, init_from: str | None) -> TrainResult:
+           resume: str | None, init_from: str | None, changes: list[Change]) -> TrainResult:
     # Same initial weights on every rank (DDP also broadcasts them; DeepSpeed does not under ZeRO-3).
     seed_everything(config.seed)
     schema = load_schema(config.data.schema)
@@ -90,7 +107,7 @@ def _train(config: Config, world: dist.WorldInfo, device: torch.device,
     resume_path = resume or (checkpoints.latest() if config.checkpoint.auto_resume else None)
     if init_from and not resume_path:
         # Before wrapping: ZeRO-3 partitions the parameters of the wrapped model.
-        model.load_state_dict(load_weights_only(init_from))
+        _load_init_weights(model, init_from)
     backend = make_backend(config, world, device)
     if world.is_main and (warning := slow_precision_warning(config.precision.dtype, device)):
         print(warning, file=sys.stderr, flush=True)
@@ -100,6 +117,7 @@ def _train(config: Config, world: dist.WorldInfo, device: torch.device,
     if resume_path:
         state.update(checkpoints.load(backend, resume_path))
     if world.is_main:
+        record_run(config.output_dir, to_dict(config), changes, state["step"])
         save_config(config, os.path.join(config.output_dir, "config.yaml"))
 
     progress = ConsoleProgress(total_steps, state["step"], enabled=world.is_main)
@@ -107,6 +125,9 @@ def _train(config: Config, world: dist.WorldInfo, device: torch.device,
         progress.message(f"resumed from {resume_path} at step {state['step']} "
                          f"(epoch {state['epoch']}, batch {state['batch_in_epoch']})")
     tracker = open_tracker(config, world, state["tracking_run_id"])
+    if changes:  # MLflow params cannot change (the sender tags them): log the changes as a new param set
+        tracker.log_params({f"resumed_at_{state['step']}/{c.key}": str(c.new) for c in changes})
+        progress.message(f"continuing with changed config: {', '.join(map(str, changes))}")
     codec = make_codec(config)
     stop = StopRequest()
     stop.install()
@@ -218,7 +239,11 @@ def _train(config: Config, world: dist.WorldInfo, device: torch.device,
             if is_last or eval_due:
                 save(metric)
                 if new_best and world.is_main:
-                    tracker.register_best(saved_path, config.eval.metric, metric, state["step"])
+                    if metric > config.tracking.register_min_metric:
+                        tracker.register_best(saved_path, config.eval.metric, metric, state["step"])
+                    elif config.tracking.registered_model:
+                        progress.message(f"not registered: {config.eval.metric} {metric:.4f} is not above "
+                                         f"tracking.register_min_metric={config.tracking.register_min_metric}")
     except BaseException:
         tracker.finish("FAILED")
         raise
@@ -228,7 +253,18 @@ def _train(config: Config, world: dist.WorldInfo, device: torch.device,
     if stopped_early and world.is_main and stop.signal_name == "SIGUSR1":
         requeue_slurm_job()
     tracker.finish("KILLED" if stopped_early else "FINISHED")
-    return TrainResult(state["step"], state["best_metric"], last_eval, stopped_early, saved_path)
+    return TrainResult(state["step"], state["best_metric"], last_eval, stopped_early, saved_path,
+                       # a stop voted by another rank only: report the usual SIGTERM
+                       (stop.signal_name or "SIGTERM") if stopped_early else None)
+
+
+def _load_init_weights(model: torch.nn.Module, path: str) -> None:
+    try:
+        model.load_state_dict(load_weights_only(path))
+    except RuntimeError as error:  # torch's message lists every mismatched tensor (kilobytes)
+        first = str(error).split("\n")[1].strip() if "\n" in str(error) else str(error)[:200]
+        raise CheckpointError(f"--init-from {path}: its weights do not fit this model "
+                              f"(model.stacks/features/depth or data.schema differ; first: {first})") from None
 
 
 def _agreed_data_failure(failure: str | None, world: dist.WorldInfo) -> str:

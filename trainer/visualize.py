@@ -85,20 +85,26 @@ SCORE_THRESHOLD = 0.2  # joints below this heatmap score are not drawn
 
 
 def draw_pose(image: np.ndarray, keypoints: np.ndarray, skeleton: Sequence[Sequence[int]],
-                  box: Optional[Sequence[float]] = None, threshold: float = SCORE_THRESHOLD) -> np.ndarray:
-    """Draw one person (keypoints [K,3] x, y, score in this image's px) on a BGR image, in place."""
+              box: Optional[Sequence[float]] = None, threshold: float = SCORE_THRESHOLD,
+              names: Optional[Sequence[str]] = None) -> np.ndarray:
+    """Draw one person (keypoints [K,3] x, y, score in this image's px) on a BGR image, in place;
+    with the keypoint `names`, left and right limbs in the side colours of `side_colours`."""
     scale = max(1, round(max(image.shape[:2]) / 400))
     keypoints = np.asarray(keypoints, np.float64)
     shown = keypoints[:, 2] >= threshold
     if box is not None:
         x, y, w, h = (int(round(v)) for v in box)
         cv2.rectangle(image, (x, y), (x + w, y + h), (255, 200, 0), scale)
+    bgr = [colour[::-1] for colour in side_colours(names)] if names is not None else None
     for a, b in skeleton:
         if shown[a] and shown[b]:
+            colour = bgr[b] if bgr is not None else (0, 220, 255)
             cv2.line(image, tuple(int(round(v)) for v in keypoints[a, :2]),
-                     tuple(int(round(v)) for v in keypoints[b, :2]), (0, 220, 255), 2 * scale, cv2.LINE_AA)
-    for point in keypoints[shown]:
-        cv2.circle(image, (int(round(point[0])), int(round(point[1]))), 2 * scale, (0, 0, 255), -1, cv2.LINE_AA)
+                     tuple(int(round(v)) for v in keypoints[b, :2]), colour, 2 * scale, cv2.LINE_AA)
+    for index in np.flatnonzero(shown):
+        point = keypoints[index]
+        colour = bgr[index] if bgr is not None else (0, 0, 255)
+        cv2.circle(image, (int(round(point[0])), int(round(point[1]))), 2 * scale, colour, -1, cv2.LINE_AA)
     return image
 
 

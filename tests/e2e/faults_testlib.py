@@ -85,13 +85,15 @@ def torchrun_workers(agent: subprocess.Popen) -> dict[int, psutil.Process]:
 
 
 @contextlib.contextmanager
-def small_tmpfs(directory: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of `size` mounted at `directory` (needs root/CAP_SYS_ADMIN; else the test skips)."""
+def small_tmpfs(directory: Path, size: str, read_only: bool = False) -> Iterator[Path]:
+    """A tmpfs of `size` mounted at `directory` (needs root/CAP_SYS_ADMIN; else the test skips);
+    `read_only`: mounted read-only, which stops root too."""
     directory.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
+    options = f"size={size}" + (",ro" if read_only else "")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(directory)],
                              capture_output=True, text=True)
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}): the no-space tests need one")
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}): the no-space and read-only tests need one")
     try:
         yield directory
     finally:

@@ -1,5 +1,5 @@
-"""Every launch script checks the config before it launches or queues anything, and prints the
-command it runs. (The launches themselves: test_multinode.py and test_slurm.py.)"""
+"""Every launch script runs the preflight (`python -m trainer check`) before it launches or queues
+anything, and prints the command it runs. (The launches themselves: test_multinode.py and test_slurm.py.)"""
 from __future__ import annotations
 
 import subprocess
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.testlib import DEMO_CONFIG, LAUNCH, launch_env
+from tests.testlib import DEMO_CONFIG, LAUNCH, demo_shards, launch_env  # noqa: F401 (fixture)
 
 BAD_ARGS = ["--config", str(DEMO_CONFIG), "model.stakcs=2"]
 SCRIPTS = {
@@ -42,14 +42,15 @@ exec {sys.executable} "$@"
     return shim
 
 
-def test_single_node_command_line(tmp_path):
+def test_single_node_command_line(demo_shards, tmp_path):
     shim = _python_shim(tmp_path)
-    args = ["--config", str(DEMO_CONFIG), "model.stacks=1", "output_dir=runs/x y"]
+    args = ["--config", str(DEMO_CONFIG), f"data.train_shards={demo_shards / 'train'}",
+            f"data.val_shards={demo_shards / 'val'}", "model.stacks=1", "output_dir=runs/x y"]
     result = subprocess.run(["bash", str(LAUNCH / "torchrun_single_node.sh"), *args],
                             env={**launch_env(NPROC_PER_NODE="3"), "PYTHON": str(shim)},
                             cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result
-    assert "poseforge: config OK" in result.stdout
+    assert "poseforge: check OK" in result.stdout
     assert "poseforge: running:" in result.stdout and r"output_dir=runs/x\ y" in result.stdout
     recorded = (tmp_path / "torchrun_args").read_text().splitlines()
     assert recorded[:3] == ["-m", "torch.distributed.run", "--standalone"]

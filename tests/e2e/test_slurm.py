@@ -63,6 +63,21 @@ def test_bad_config_fails_before_torchrun(slurm_cluster, demo_shards, tmp_path):
     assert elapsed < 30, f"a bad config took {elapsed:.1f} s to fail"
 
 
+def test_bad_shard_path_is_refused_before_sbatch(slurm_cluster, demo_shards, tmp_path):
+    """submit_slurm.sh runs `python -m trainer check`: a shard path that does not exist fails on the
+    login node, and nothing is queued (--print-config, the old check, let this through)."""
+    args = train_args(demo_shards, tmp_path / "out", f"data.train_shards={tmp_path / 'no_such_shards'}")
+    jobs_before = slurm_cluster.run("squeue", "--noheader", "--states=all", "--format=%i").stdout
+    wrapper = subprocess.run(["bash", str(LAUNCH / "submit_slurm.sh"), "--time=10:00", "--", *args],
+                             env=slurm_cluster.client_env(launch_env()), cwd=tmp_path,
+                             capture_output=True, text=True, timeout=60)
+    assert wrapper.returncode == 2, wrapper
+    assert "no_such_shards" in wrapper.stderr and "nothing was launched" in wrapper.stderr, wrapper
+    assert "poseforge: running:" not in wrapper.stdout
+    assert slurm_cluster.run("squeue", "--noheader", "--states=all", "--format=%i").stdout == jobs_before
+    assert not (tmp_path / "out").exists()
+
+
 def test_job_completes_with_checkpoint_and_metrics(slurm_cluster, demo_shards, tmp_path):
     output_dir = tmp_path / "out"
     job_id, log = _submit(slurm_cluster, tmp_path,

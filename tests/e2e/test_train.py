@@ -254,7 +254,7 @@ def test_eval_cli_on_a_checkpoint_and_on_the_trainers_coco_results(plain_run: Ru
     out = tmp_path / "preds.json"
     text = trainer_cli("eval", "--checkpoint", str(plain_run.checkpoint(TOTAL_STEPS)),
                        "--shards", str(shards / "val"), "--out", str(out))
-    assert "(ground-truth boxes)" in text
+    assert "gt_boxes: ground-truth person boxes" in text
     trained = plain_run.eval_metrics()
     assert parse_coco_table(text) == {name: round(trained[name], 3) for name in COCO_NAMES}
     # One process here, two during training: the same weights give the same keypoints.
@@ -269,7 +269,7 @@ def test_eval_cli_on_a_checkpoint_and_on_the_trainers_coco_results(plain_run: Ru
     results = plain_run.output_dir / "eval" / f"predictions_{TOTAL_STEPS:08d}.coco_results.json"
     assert len(json.loads(results.read_text())) == len(ours)  # ground-truth boxes: no NMS
     text = trainer_cli("eval", "--predictions", str(results), "--shards", str(shards / "val"))
-    assert "(ground-truth boxes)" in text
+    assert "gt_boxes: ground-truth person boxes" in text
     assert parse_coco_table(text) == {name: round(trained[name], 3) for name in COCO_NAMES}
 
 
@@ -368,7 +368,7 @@ def test_deepspeed_trains_evaluates_and_exports(zero_run: Run, plain_run: Run, s
     out = tmp_path / "preds.json"
     text = trainer_cli("eval", "--checkpoint", str(zero_run.checkpoint(4)), "--shards", str(shards / "val"),
                        "--out", str(out))
-    assert "(ground-truth boxes)" in text
+    assert "gt_boxes: ground-truth person boxes" in text
     assert parse_coco_table(text) == {name: round(trained[name], 3) for name in COCO_NAMES}
     ours = predictions_by_key(out)
     theirs = predictions_by_key(zero_run.output_dir / "eval" / "predictions_00000004.json")

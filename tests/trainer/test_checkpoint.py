@@ -2,6 +2,7 @@
 with the best kept, discovery, and refusal of pickles that would run code."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -73,7 +74,9 @@ def test_marker_lists_files_and_directory_is_renamed(tmp_path):
     marker = json.loads((Path(path) / MARKER).read_text())
     assert marker["step"] == 12
     assert set(marker["files"]) == {"model.pt", "train_state.pt", "client_state.pt", "rng_rank0.pt"}
-    assert all(size == (Path(path) / name).stat().st_size for name, size in marker["files"].items())
+    assert all(entry["bytes"] == (Path(path) / name).stat().st_size for name, entry in marker["files"].items())
+    assert all(entry["sha256"] == hashlib.sha256((Path(path) / name).read_bytes()).hexdigest()
+               for name, entry in marker["files"].items())
 
 
 def test_sigkill_during_save_leaves_the_previous_checkpoint(tmp_path):
@@ -159,12 +162,23 @@ class RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
+def backend_of_tiny_run():
+    return trained(make_config(), steps=1)[1]
+
+
 @pytest.mark.parametrize("victim", ["model.pt", "train_state.pt", "client_state.pt", "rng_rank0.pt"])
 def test_malicious_pickle_is_refused_without_running(tmp_path, victim):
     manager = CheckpointManager(str(tmp_path / "ckpt"), keep_last=3, keep_best=True, world=WORLD)
     (path,) = save_steps(manager, [1])
     marker = tmp_path / "pwned"
     torch.save({"payload": RunsCode(marker)}, Path(path) / victim)
+    with pytest.raises(CheckpointError, match=f"{victim}: damaged"):  # the marker's checksums catch it first
+        manager.load(backend_of_tiny_run(), path)
+    # An attacker who also rewrites the marker's checksums still meets weights_only=True.
+    complete = json.loads((Path(path) / MARKER).read_text())
+    data = (Path(path) / victim).read_bytes()
+    complete["files"][victim] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (Path(path) / MARKER).write_text(json.dumps(complete))
     config, backend, _, _ = trained(make_config(), steps=1)
     with pytest.raises(CheckpointError, match=f"{victim}: refused to load"):
         manager.load(backend, path)

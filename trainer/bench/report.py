@@ -84,9 +84,21 @@ def _figure_rows(parts: dict[str, Any]) -> list[str]:
                              f"{zero_rank['master_partition_bytes'] / 2**20:.1f} MiB) vs DDP "
                              f"{ddp_state / 2**20:.1f} MiB", zero["median"] >= 0.9))
     rows += _data_rows(parts.get("data"))
+    rows += _inference_rows(parts.get("inference"))
     rows.append(_row("Time to accuracy (demo config to its AP target)", "reported",
                      f"`{DEMO_COMMAND}`: see README", None))
     return rows
+
+
+def _inference_rows(inference: dict | None) -> list[str]:
+    """The registered-model package: pyfunc in process vs `mlflow models serve` over loopback."""
+    if not inference:
+        return []
+    return [_row(f"Inference, {inference['model']} (flip test, {inference['images_per_call']} images per "
+                 f"call, {inference['threads']} threads): pyfunc vs served", "reported",
+                 f"pyfunc {inference['pyfunc']['images_per_s']:.2f} img/s, `mlflow models serve` "
+                 f"{inference['served']['images_per_s']:.2f} img/s ({inference['served_over_pyfunc_time']['median']:.2f}x "
+                 f"the pyfunc's time per call)", None)]
 
 
 DATA_MODES = (("warp_on_device", "pipeline_warp_on_device", "warp on the device (default with CUDA)"),

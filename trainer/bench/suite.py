@@ -8,6 +8,7 @@ Parts:
   checkpointing  peak step memory and step time with and without gradient checkpointing
   scaling        torchrun: 1 vs 2 ranks (DDP, gloo), DeepSpeed ZeRO-2, one thread per rank
   data           the data-pipeline figures (data.py)
+  inference      images/s of the registered-model package: pyfunc and `mlflow models serve` (inference.py)
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pathlib import Path
 from trainer.bench.steps import ModelShape
 
 
-PARTS = ("train", "checkpointing", "scaling", "data")
+PARTS = ("train", "checkpointing", "scaling", "data", "inference")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class Preset:
     data_samples: int = 512
     data_repeats: int = 5
     data_workers: int = 1  # DataLoader processes of the "delivered to the trainer" figures
+    inference: ModelShape = ModelShape(8, 256, 256, 8)  # the COCO recipe's model; batch = images per call
+    inference_rounds: int = 3
     notes: list[str] = field(default_factory=list)
 
 
@@ -58,13 +61,15 @@ PRESETS = {
                     train=ModelShape(2, 64, 128, 2), train_repeats=3,
                     checkpointing=ModelShape(4, 64, 128, 4), checkpointing_rounds=1, checkpointing_steps=2,
                     scaling=ModelShape(1, 64, 128, 2), scaling_rounds=1, scaling_steps=3, scaling_warmup=1,
-                    data_images=40, data_samples=64, data_repeats=2, data_workers=1),
+                    data_images=40, data_samples=64, data_repeats=2, data_workers=1,
+                    inference=ModelShape(2, 64, 256, 4), inference_rounds=2),
     # Seconds: for the test suite (checks that every part runs and writes its keys).
     "smoke": Preset(peak_shapes=[(32, 16, 2)], peak_repeats=2,
                     train=ModelShape(1, 16, 64, 2), train_repeats=2,
                     checkpointing=ModelShape(2, 16, 64, 2), checkpointing_rounds=1, checkpointing_steps=1,
                     scaling=ModelShape(1, 16, 64, 2), scaling_rounds=1, scaling_steps=2, scaling_warmup=1,
-                    with_deepspeed=False, data_images=16, data_samples=16, data_repeats=1, data_workers=1),
+                    with_deepspeed=False, data_images=16, data_samples=16, data_repeats=1, data_workers=1,
+                    inference=ModelShape(1, 16, 256, 2), inference_rounds=1),
 }
 
 
@@ -172,6 +177,9 @@ def run_part(part: str, preset: Preset) -> dict:
                                            preset.scaling_steps, with_deepspeed=preset.with_deepspeed)}
     if part == "data":
         return {"data": _run_data(preset)}
+    if part == "inference":
+        from trainer.bench.inference import measure_inference
+        return {"inference": measure_inference(preset.inference, preset.inference_rounds)}
     raise ValueError(f"unknown benchmark part {part!r}")
 
 

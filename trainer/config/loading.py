@@ -46,6 +46,8 @@ def read_yaml(path: str | Path) -> dict:
         text = path.read_text()
     except OSError as err:
         raise ConfigError(f"{path}: cannot read config file ({err.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (a YAML config is expected)") from None
     try:
         data = yaml.load(text, Loader=_SafeLoaderNoDuplicates)
     except yaml.YAMLError as err:
@@ -269,7 +271,9 @@ def validate(config: Config, source: str, origins: dict[str, str] | None = None)
         ("checkpoint.keep_last", config.checkpoint.keep_last >= 1, "must be at least 1"),
         ("eval.every_epochs", config.eval.every_epochs >= 0, "must be >= 0 (0 disables)"),
         ("eval.batch_size", config.eval.batch_size >= 1, "must be at least 1"),
+        ("eval.box_score_thr", 0.0 <= config.eval.box_score_thr <= 1.0, "must be in [0, 1]"),
         ("tracking.log_every_steps", config.tracking.log_every_steps >= 1, "must be at least 1"),
+        ("tracking.finish_timeout_s", config.tracking.finish_timeout_s >= 0, "must be at least 0"),
         ("log_every_steps", config.log_every_steps >= 1, "must be at least 1"),
     ]
     for dotted, ok, message in checks:

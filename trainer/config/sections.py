@@ -57,8 +57,13 @@ class AugmentConfig:
 
     box_padding: float = 1.25
     scale_range: list[float] = field(default_factory=lambda: [0.75, 1.25])
+    # uniform over scale_range, or mmpose's truncated normal (mean = the middle, sigma = half the
+    # range, cut at +-1 sigma: RandomBBoxTransform)
+    scale_distribution: Literal["uniform", "truncnorm"] = "uniform"
     scale_prob: float = 1.0
     rotation_max: float = 40.0  # degrees
+    # truncnorm: sigma = rotation_max, cut at +-1 sigma (mmpose); uniform in +-rotation_max (Newell's port)
+    rotation_distribution: Literal["uniform", "truncnorm"] = "truncnorm"
     rotation_prob: float = 0.6
     shift_max: float = 0.16  # fraction of the box size
     shift_prob: float = 0.3
@@ -132,6 +137,9 @@ class EvalConfig:
     metric: str = "AP"  # the metric that picks the best checkpoint
     allow_incomplete: bool = False  # report metrics even if val samples were lost
     batch_size: int = 32
+    # predict drops detector boxes scoring below this (sharding has --score-threshold); the
+    # recipes keep every box (mmpose: no bbox_score_thr, HRNet: TEST.IMAGE_THRE 0.0)
+    box_score_thr: float = 0.0
 
 
 @dataclass
@@ -143,6 +151,10 @@ class TrackingConfig:
     log_every_steps: int = 20
     registered_model: Optional[str] = None  # register the best checkpoint under this name
     alias: str = "champion"
+    # a best checkpoint is registered only above this metric value (an AP 0.0 model is no champion)
+    register_min_metric: float = 0.0
+    # At the job's end, wait at most this long for the server; the rest stays for tracking-sync.
+    finish_timeout_s: float = 30.0
 
 
 @dataclass

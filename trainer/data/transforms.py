@@ -134,10 +134,13 @@ def sample_geometry(draws: Optional[np.ndarray], boxes: np.ndarray, keypoints: O
         take, (hx, hy, hw, hh) = _half_body_boxes(draws, np.asarray(keypoints, np.float64), groups, augment, aspect)
         cx, cy, w, h = (np.where(take, half, full) for half, full in ((hx, cx), (hy, cy), (hw, w), (hh, h)))
     low, high = augment.scale_range
-    factor = np.where(draws[:, SCALE_GATE] < augment.scale_prob, low + (high - low) * draws[:, SCALE], 1.0)
+    normals = truncated_normal(draws[:, [ROTATION, SHIFT_X, SHIFT_Y, SCALE]])
+    # truncnorm: mmpose's RandomBBoxTransform (middle +- half the range, cut at 1 sigma); uniform: Newell's port
+    unit_scale = 0.5 * (normals[:, 3] + 1.0) if augment.scale_distribution == "truncnorm" else draws[:, SCALE]
+    factor = np.where(draws[:, SCALE_GATE] < augment.scale_prob, low + (high - low) * unit_scale, 1.0)
     w, h = w * factor, h * factor
-    normals = truncated_normal(draws[:, [ROTATION, SHIFT_X, SHIFT_Y]])
-    rotation = np.where(draws[:, ROTATION_GATE] < augment.rotation_prob, normals[:, 0] * augment.rotation_max, 0.0)
+    turn = normals[:, 0] if augment.rotation_distribution == "truncnorm" else 2.0 * draws[:, ROTATION] - 1.0
+    rotation = np.where(draws[:, ROTATION_GATE] < augment.rotation_prob, turn * augment.rotation_max, 0.0)
     shifted = draws[:, SHIFT_GATE] < augment.shift_prob
     cx = np.where(shifted, cx + normals[:, 1] * augment.shift_max * w, cx)
     cy = np.where(shifted, cy + normals[:, 2] * augment.shift_max * h, cy)

@@ -1,16 +1,17 @@
-"""COCO keypoint AP on plain arrays and COCO-format dicts (pycocotools' COCOeval), instance
-rescoring and OKS-NMS for detector boxes, and the checks of results/ground-truth files.
+"""COCO keypoint AP on COCO-format dicts (pycocotools' COCOeval, iouType='keypoints', as
+mmpose's CocoMetric and HRNet run it), and the checks of results / ground-truth files.
 
 No model or torch code: `runner.py` and `python -m trainer eval` turn model outputs into
 image-pixel keypoints and call these functions. MPII PCKh is in `pckh.py`.
 
-COCO, two protocols that must never be mixed up in a report:
+COCO, two protocols that must never be mixed up in a report; this module scores results that
+already follow one of them (instances.py makes them, the manifest's `boxes` says which):
   * ground-truth boxes ("gt"): one prediction per annotated person, score = mean confident
     keypoint score, no NMS (every instance is a distinct annotated person);
   * detector boxes ("detector"): score = box score x mean of keypoint scores above 0.2, then
-    OKS-NMS at 0.9 per image (the SimpleBaseline/HRNet/mmpose protocol).
+    OKS-NMS at 0.9 per image with the padded box's area (mmpose CocoMetric defaults).
 :func:`coco_keypoint_eval` returns unlabelled keys (``AP``, ``AP50``, ...);
-:func:`label_metrics` prefixes them with ``gt_boxes/`` or ``det_boxes/``.
+``instances.label_metrics`` prefixes them with ``gt_boxes/`` or ``det_boxes/``.
 """
 from __future__ import annotations
 
@@ -107,8 +108,8 @@ def subset_ground_truth(ground_truth: Mapping[str, Any],
     return subset
 
 
-def load_coco_results(path: str | Path) -> list[dict[str, Any]]:
-    """Read a predictions file in the COCO keypoint results format, checking every entry."""
+def load_predictions_list(path: str | Path) -> list[Any]:
+    """The JSON list in a predictions file (COCO results or poseforge's per-sample records)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -121,6 +122,13 @@ def load_coco_results(path: str | Path) -> list[dict[str, Any]]:
     if not isinstance(data, list):
         raise MetricInputError(f"{path}: expected a JSON list of COCO keypoint results, "
                                f"got {type(data).__name__}")
+    return data
+
+
+def load_coco_results(path: str | Path, data: list[Any] | None = None) -> list[dict[str, Any]]:
+    """Read a predictions file in the COCO keypoint results format (or check `data`, its list),
+    checking every entry."""
+    data = load_predictions_list(path) if data is None else data
     for index, entry in enumerate(data):
         problem = _result_problem(entry)
         if problem:

@@ -20,7 +20,8 @@ from shards.schema import KeypointSchema
 from trainer.data import transforms
 from trainer.model.codec import make_codec, predict_heatmaps, to_image_pixels
 from trainer.config import Config, config_from_dict
-from trainer.data import normalize_images
+from trainer.data.on_device import normalize_images
+from trainer.evaluation.instances import input_window_areas
 from trainer.inference.images import DEFAULT_MAX_PIXELS, ImageInputError, decode_image_bytes, read_image  # noqa: F401
 from trainer.model import StackedHourglass
 
@@ -78,7 +79,8 @@ class Predictor:
     def predict(self, images: Sequence[np.ndarray], boxes: Optional[Sequence[Any]] = None,
                 names: Optional[Sequence[str]] = None) -> list[list[dict[str, Any]]]:
         """Per image, a list of people: {"box": [x,y,w,h], "keypoints": [K,3] array (x, y, score)
-        in image px, "score": mean keypoint score}. `boxes[i]`: [M,4] xywh in image px; None or
+        in image px, "score": mean keypoint score, "area": the padded, aspect-fixed box's area in
+        image px (what OKS-NMS uses)}. `boxes[i]`: [M,4] xywh in image px; None or
         an empty list (for the whole `boxes`) means one box covering the whole image."""
         names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
         if boxes is not None and len(boxes) != len(images):
@@ -97,9 +99,10 @@ class Predictor:
             part = jobs[start:start + self.batch_size]
             crops, affines = zip(*(self._crop(images[i], box) for i, box in part))
             keypoints = self._run(np.stack(crops), np.stack(affines))
-            for (index, box), person in zip(part, keypoints):
+            areas = input_window_areas(np.stack(affines), self.input_size)
+            for (index, box), person, area in zip(part, keypoints, areas):
                 results[index].append({"box": [float(v) for v in box], "keypoints": person,
-                                       "score": float(person[:, 2].mean())})
+                                       "score": float(person[:, 2].mean()), "area": float(area)})
         return results
 
 

@@ -7,6 +7,7 @@
   info.py        params (the flattened config) and tags of a run
   plots.py       metric curves and eval overlays logged as artifacts
   registry.py    best checkpoint -> registered pyfunc model version + alias
+  model_package.py  the self-contained pyfunc directory: code, pinned requirements, signature
   sync.py        python -m trainer tracking-sync
 """
 from __future__ import annotations
@@ -42,6 +43,7 @@ def open_tracker(config: "Config", world: "WorldInfo", run_id: str | None) -> Tr
         config.tracking.experiment, config.tracking.run_name, run_id=run_id,
         system_metrics=os.environ.get("POSEFORGE_SYSTEM_METRICS", "1") != "0",
         retry_interval_s=float(os.environ.get("POSEFORGE_TRACKING_RETRY_S", "30")),
+        finish_timeout_s=config.tracking.finish_timeout_s,
         config_dict=to_dict(config), registered_model=config.tracking.registered_model,
         alias=config.tracking.alias)
     tracker.log_params(config_params(config))

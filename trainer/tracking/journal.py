@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
@@ -33,6 +34,7 @@ class Journal:
 
     def __init__(self, output_dir: str) -> None:
         self.path = Path(output_dir) / STATE_FILE
+        self._lock = threading.Lock()
         self.data: dict[str, Any] = {"run_id": None, "metrics_offset": 0, "pending": []}
         if self.path.exists():
             try:
@@ -41,6 +43,8 @@ class Journal:
                 print(f"warning: {self.path} is unreadable: starting a new tracking journal", file=sys.stderr)
 
     def save(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1))
-        os.replace(tmp, self.path)
+        # The tracker's thread and, after a finish timeout, the main thread both save.
+        with self._lock:
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(json.dumps(self.data, indent=1))
+            os.replace(tmp, self.path)

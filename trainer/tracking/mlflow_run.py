@@ -35,13 +35,17 @@ class MLflowTracker(LocalMetrics):
 
     def __init__(self, output_dir: str, tracking_uri: str, experiment: str, run_name: Optional[str],
                  run_id: Optional[str] = None, system_metrics: bool = True,
-                 retry_interval_s: float = 30.0, finish_timeout_s: float = 60.0,
-                 start_wait_s: float = 10.0, config_dict: Optional[dict] = None,
+                 retry_interval_s: float = 30.0, finish_timeout_s: float = 30.0,
+                 start_wait_s: float = 0.0, config_dict: Optional[dict] = None,
                  registered_model: Optional[str] = None, alias: str = "champion") -> None:
         super().__init__(output_dir)
         self.output_dir = output_dir
         self.config_dict, self.registered_model, self.alias = config_dict, registered_model, alias
         use_short_client_timeouts()
+        # Import the client here, before step 1: in the thread, importing MLflow holds the GIL for
+        # seconds in pieces and lands between training steps (a 1 s step gap against a hung server).
+        import mlflow.entities  # noqa: F401
+        import mlflow.tracking  # noqa: F401
         # urllib3 logs every retry as a warning: the thread prints its own single warning instead.
         logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
         self.journal = Journal(output_dir)
@@ -64,9 +68,10 @@ class MLflowTracker(LocalMetrics):
         self._failing = False
         self._thread = threading.Thread(target=self._loop, name="mlflow-tracker", daemon=True)
         self._thread.start()
-        # Start-up waits for the first attempt (so the run id is known early), never long: a dead
-        # server answers at once, a hung one is cut by the timeout.
-        self._first_attempt.wait(start_wait_s)
+        # The loop does not wait for the run to exist (start_wait_s=0): a hung server would hold it
+        # for the client's whole timeout. train.py reads `run_id` again at every checkpoint.
+        if start_wait_s > 0:
+            self._first_attempt.wait(start_wait_s)
 
     @property
     def run_id(self) -> Optional[str]:  # type: ignore[override]
@@ -121,14 +126,21 @@ class MLflowTracker(LocalMetrics):
             "value": float(value), "step": int(step)}})
 
     def finish(self, status: str = "FINISHED") -> None:
-        """Curves, the run status, a last flush; waits at most `finish_timeout_s`."""
+        """Curves, the run status, a last flush; waits at most `finish_timeout_s` (tracking.
+        finish_timeout_s). A thread still stuck in a request then is left behind (a daemon): what it
+        has not sent, queued operations included, stays in the journal for tracking-sync."""
         self._put({"kind": "curves"})
         self._put({"kind": "finish", "status": status})
         self._thread.join(self.finish_timeout_s)
+        if self._thread.is_alive():
+            self._drain(timeout=0.0)  # the queue dies with the process; the journal does not
         if self._thread.is_alive() or self.journal.data["pending"]:
-            print(f"warning: tracking: not everything reached {self.journal.data['tracking_uri']}; "
-                  f"it is kept in {self.output_dir}: send it with "
-                  f"`python -m trainer tracking-sync --run-dir {self.output_dir}`", file=sys.stderr)
+            where = f"not everything reached {self.journal.data['tracking_uri']} within {self.finish_timeout_s:g} s"
+            if self._warned:  # the thread's warning already named tracking-sync: say it once
+                print(f"note: tracking: {where}; the rest is kept in {self.output_dir}", file=sys.stderr)
+            else:
+                print(f"warning: tracking: {where}; it is kept in {self.output_dir}: send it with "
+                      f"`python -m trainer tracking-sync --run-dir {self.output_dir}`", file=sys.stderr)
         super().finish(status)
 
     # -- the thread ----------------------------------------------------------------------------

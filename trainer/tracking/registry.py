@@ -5,11 +5,13 @@ The logged model is self-describing data plus this module's class, no pickled ob
   config.yaml   the resolved training config (input size, normalisation, codec, flip test)
   schema.json   the keypoint schema (names, flip pairs, skeleton)
 and the pyfunc entry is "models from code": a three-line script that builds `PosePyfuncModel`,
-so loading never unpickles anything. Loading needs the poseforge package importable.
+so loading never unpickles anything. The package's source travels in the model (code_paths) with
+pinned requirements, a signature and an input example: see model_package.py.
 
 `mlflow.pyfunc.load_model("models:/NAME@champion").predict(frame)`:
-  input   a pandas DataFrame (or a dict of lists / list of dicts) with one row per image:
-          `image`: encoded image bytes (JPEG, PNG, ...) or a base64 string of them;
+  input   a pandas DataFrame (or a list of dicts) with one row per image (with the signature,
+          MLflow turns a dict of lists into ONE row of lists: use a DataFrame):
+          `image`: encoded image bytes (JPEG, PNG, ...); base64 in the JSON of `mlflow models serve`;
           `boxes` (optional): person boxes [[x, y, w, h], ...] in image px, as a list or a JSON
           string; missing, null or empty: the whole image is one person.
   output  a DataFrame with one row per person: image_index, person_index, box [x,y,w,h],
@@ -29,12 +31,6 @@ from typing import Any, Optional
 
 import mlflow.pyfunc
 import numpy as np
-
-ENTRY_SCRIPT = """from mlflow.models import set_model
-from trainer.tracking.registry import PosePyfuncModel
-set_model(PosePyfuncModel())
-"""
-PIP_REQUIREMENTS = ["torch", "numpy", "opencv-python-headless", "pyyaml", "pillow", "pandas", "mlflow"]
 
 
 class PosePyfuncModel(mlflow.pyfunc.PythonModel):
@@ -105,23 +101,6 @@ def _row_boxes(value: Any, index: int, image: np.ndarray) -> np.ndarray:
 # Building and registering
 
 
-def save_pyfunc_model(path: str, state_dict: dict, config: dict, schema: dict) -> str:
-    """Write the pyfunc model directory (MLmodel + artifacts) at `path` (must not exist)."""
-    import torch
-    import yaml
-    with tempfile.TemporaryDirectory() as staging:
-        staged = Path(staging)
-        torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, staged / "weights.pt")
-        (staged / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        (staged / "schema.json").write_text(json.dumps(schema, indent=1))
-        (staged / "pose_model.py").write_text(ENTRY_SCRIPT)
-        mlflow.pyfunc.save_model(
-            path, python_model=str(staged / "pose_model.py"), pip_requirements=PIP_REQUIREMENTS,
-            artifacts={name: str(staged / file) for name, file in
-                       (("weights", "weights.pt"), ("config", "config.yaml"), ("schema", "schema.json"))})
-    return path
-
-
 def alias_holder_value(client: Any, name: str, alias: str) -> Optional[float]:
     """The metric value tagged on the version holding `alias`, or None (no holder / no tag)."""
     from mlflow.exceptions import MlflowException
@@ -142,13 +121,12 @@ def register_checkpoint(client: Any, run_id: str, checkpoint_path: str, config: 
     from mlflow.exceptions import MlflowException
 
     from shards.schema import load_schema
-    from trainer.tracking.info import dataset_name
-    from trainer.checkpoint import load_weights_only
-    state_dict = load_weights_only(checkpoint_path)
+    from trainer.tracking.info import dataset_name, git_commit
+    from trainer.tracking.model_package import describe, save_model_package
     schema = load_schema(config["data"]["schema"]).to_dict()
     artifact_path = f"registered_models/step_{step:08d}"
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = save_pyfunc_model(os.path.join(tmp, "model"), state_dict, config, schema)
+        model_dir = save_model_package(os.path.join(tmp, "model"), config, schema, checkpoint_path=checkpoint_path)
         client.log_artifacts(run_id, model_dir, artifact_path)
     try:
         client.create_registered_model(name)
@@ -159,7 +137,9 @@ def register_checkpoint(client: Any, run_id: str, checkpoint_path: str, config: 
             "train_shards": str(config["data"].get("train_shards", "")), "step": str(step), "run_id": run_id,
             "checkpoint": checkpoint_path}
     source = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
-    version = client.create_model_version(name, source, run_id=run_id, tags=tags)
+    description = describe(config, metric_name, float(value), step, run_id,
+                           git_commit(str(Path(__file__).resolve().parent)), tags["dataset"])
+    version = client.create_model_version(name, source, run_id=run_id, tags=tags, description=description)
     holder = alias_holder_value(client, name, alias)
     if holder is None or float(value) > holder:
         client.set_registered_model_alias(name, alias, version.version)

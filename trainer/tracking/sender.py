@@ -48,8 +48,10 @@ class RunSender:
         else:
             experiment = self.client.get_experiment_by_name(data["experiment"])
             if experiment is None:
+                # "model training" (not GenAI) is what the MLflow UI should show for it
                 experiment_id = self.client.create_experiment(
-                    data["experiment"], artifact_location=data.get("artifact_location"))
+                    data["experiment"], artifact_location=data.get("artifact_location"),
+                    tags={"mlflow.experimentKind": "custom_model_development"})
             else:
                 experiment_id = experiment.experiment_id
             run = self.client.create_run(experiment_id, run_name=data.get("run_name"))

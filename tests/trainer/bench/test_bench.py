@@ -69,3 +69,15 @@ def test_data_benchmark_measures_both_pairings_and_both_warp_modes(tmp_path):
     markdown = render_markdown(result)
     assert markdown.count("(a) vs (b) raw loader") == 4 and "warp on the device" in markdown
     assert markdown.count("delivered by 1 DataLoader worker(s)") == 4 and "shared-memory slots" in markdown
+
+
+def test_inference_benchmark_times_the_pyfunc_and_the_served_model(tmp_path):
+    out = tmp_path / "bench.json"
+    assert run_bench(_parse(["bench", "inference", "--preset", "smoke", "--json", str(out)])) == 0
+    inference = json.loads(out.read_text())["parts"]["inference"]
+    assert "256px" in inference["model"] and inference["images_per_call"] == 2
+    for path in ("pyfunc", "served"):
+        assert inference[path]["images_per_s"] > 0 and len(inference[path]["runs_s"]) == 1
+    assert inference["served_over_pyfunc_time"]["median"] > 0
+    result = json.loads(out.read_text())
+    assert "pyfunc vs served" in render_markdown({**result, "parts": {"inference": inference}})

@@ -75,7 +75,8 @@ def mpii_val(tmp_path_factory) -> str:
                         "--seed", "3", "--workers", "1"]) == 0
     out = os.path.join(root, "val")
     assert shards_main(["mpii", "--annotations", f"{raw}/annotations/val.json", "--images", f"{raw}/images",
-                        "--out", out, "--split", "val", "--workers", "1", "--no-progress"]) == 0
+                        "--out", out, "--split", "val", "--workers", "1", "--no-progress",
+                        "--head-boxes", f"{raw}/annotations/gt_valid.mat"]) == 0
     return out
 
 

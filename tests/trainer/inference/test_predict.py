@@ -17,9 +17,7 @@ from trainer.inference.images import ImageInputError, decode_image_bytes, read_i
 from trainer.inference.predictor import load_checkpoint_predictor
 from trainer.inference.cli import load_boxes
 
-CLI = [sys.executable, "-c", "import sys; from trainer.inference.cli import run_predict, add_predict_parser; "
-       "import argparse; p = argparse.ArgumentParser(); s = p.add_subparsers(dest='c'); add_predict_parser(s); "
-       "sys.exit(run_predict(p.parse_args(sys.argv[1:])))"]
+CLI = [sys.executable, "-m", "trainer"]  # the one error boundary of the command line
 
 
 @pytest.fixture(scope="module")
@@ -85,11 +83,15 @@ def test_boxes_json_formats(tmp_path):
     images = [str(tmp_path / "000000000042.jpg"), str(tmp_path / "b.jpg")]
     by_name = tmp_path / "named.json"
     by_name.write_text(json.dumps({"b.jpg": [[1, 2, 3, 4]]}))
-    assert [b.shape for b in load_boxes(str(by_name), images)] == [(0, 4), (1, 4)]
+    assert [b.shape for b, _ in load_boxes(str(by_name), images)] == [(0, 4), (1, 4)]
+    assert load_boxes(str(by_name), images)[1][1].tolist() == [1.0]  # no score given: 1
+    by_name.write_text(json.dumps({"b.jpg": [[1, 2, 3, 4, 0.25]]}))
+    assert load_boxes(str(by_name), images)[1][1].tolist() == [0.25]
     coco = tmp_path / "dets.json"
     coco.write_text(json.dumps([{"image_id": 42, "bbox": [1, 2, 3, 4], "score": 0.9, "category_id": 1},
                                 {"image_id": 42, "bbox": [1, 2, 3, 4], "score": 0.9, "category_id": 3}]))
-    assert [b.shape for b in load_boxes(str(coco), images)] == [(1, 4), (0, 4)]
+    assert [b.shape for b, _ in load_boxes(str(coco), images)] == [(1, 4), (0, 4)]
+    assert load_boxes(str(coco), images)[0][1].tolist() == [0.9]
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"b.jpg": [[1, 2, 0, 4]]}))
     with pytest.raises(ImageInputError, match="positive width"):
@@ -121,3 +123,36 @@ def test_cli_writes_json_and_overlays_and_refuses_bad_input(checkpoint, tmp_path
                               cwd=REPO, capture_output=True, text=True, timeout=300)
         assert done.returncode == 2, done.stderr
         assert str(bad) in done.stderr and words in done.stderr and "Traceback" not in done.stderr
+
+
+def test_predict_drops_low_scores_and_near_duplicate_boxes(checkpoint, tmp_path):
+    """--box-score-thr drops the low box; of two identical boxes (OKS 1 > 0.9) one is drawn; the
+    instance score is box score x mean keypoint score above 0.2 (the evaluation protocol)."""
+    from trainer.__main__ import main as trainer_main
+
+    images = write_images(tmp_path / "in", [(160, 120)])
+    dets = tmp_path / "dets.json"
+    dets.write_text(json.dumps([{"image_id": 100, "category_id": 1, "bbox": box, "score": score}
+                                for box, score in (([10, 10, 60, 90], 0.9), ([10, 10, 60, 90], 0.8),
+                                                   ([100, 20, 40, 80], 0.05))]))
+    counts = {}
+    for threshold in ("0.3", "0.0"):
+        out = tmp_path / f"out{threshold}"
+        assert trainer_main(["predict", "--model", checkpoint, "--images", *images, "--boxes", str(dets),
+                             "--out", str(out), "--no-overlays", "--box-score-thr", threshold]) == 0
+        results = json.loads((out / "keypoints.json").read_text())
+        counts[threshold] = len(results)
+        # the identical boxes give identical keypoints: the 0.9 one is kept, best first
+        scores = np.asarray(results[0]["keypoints"]).reshape(-1, 3)[:, 2]
+        confident = scores[scores > 0.2]
+        assert results[0]["score"] == pytest.approx(0.9 * confident.mean() if len(confident) else 0.0)
+    assert counts == {"0.3": 1, "0.0": 2}
+
+
+def test_malformed_detection_boxes_name_the_file(tmp_path):
+    images = [str(tmp_path / "000000000042.jpg")]
+    for content in ([{"image_id": 42, "bbox": 5, "score": 0.9}], [{"image_id": 42, "bbox": [1, 2, 3], "score": 1}]):
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps(content))
+        with pytest.raises(ImageInputError, match="bad.json"):
+            load_boxes(str(bad), images)

@@ -51,7 +51,7 @@ def test_best_checkpoints_become_versions_and_the_alias_moves_only_up(registry_u
     paths = write_images(tmp_path / "images", [(96, 80), (40, 130), (200, 150)])
     encoded = [open(p, "rb").read() for p in paths]
     frame = pd.DataFrame({"image": [encoded[0], base64.b64encode(encoded[1]).decode(), encoded[2]],
-                          "boxes": [None, "", [[10, 20, 60, 50], [0, 0, 30, 30]]]})
+                          "boxes": [None, [], [[10.0, 20.0, 60.0, 50.0], [0.0, 0.0, 30.0, 30.0]]]})
     served = mlflow.pyfunc.load_model("models:/tiny-pose@champion").predict(frame)
     local = load_checkpoint_predictor(checkpoints["c"][0])
     images = [read_image(path) for path in paths]

@@ -25,7 +25,8 @@ WARNING = "warning: MLflow tracking at"
 
 def make_tracker(out: Path, uri: str, experiment: str, run_id: str | None = None, **kwargs) -> MLflowTracker:
     return MLflowTracker(str(out), uri, experiment, "tiny-run", run_id=run_id, system_metrics=False,
-                         retry_interval_s=kwargs.pop("retry_interval_s", 1.0), **kwargs)
+                         retry_interval_s=kwargs.pop("retry_interval_s", 1.0),
+                         start_wait_s=kwargs.pop("start_wait_s", 10.0), **kwargs)
 
 
 def wait_for(condition, timeout_s: float = 30.0) -> None:
