@@ -9,14 +9,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Iterator, Optional
 
 import pytest
 
 from tests.testlib import free_port
+from trainer.inference.serving import stop_process_group, wait_until_answering
 
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 
@@ -41,33 +40,17 @@ class MlflowServer:
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # own process group
             # no background job workers: they only slow the start-up down
             env={**os.environ, "MLFLOW_TRACKING_URI": "", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {(self.root / 'server.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=1) as response:
-                    if response.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"mlflow server on port {self.port} not healthy after {timeout_s} s")
+        if not wait_until_answering(self.process, f"{self.uri}/health", timeout_s):
+            log = (self.root / "server.log").read_text(errors="replace")[-2000:]
+            self.stop()
+            raise RuntimeError(f"mlflow server on port {self.port} not healthy after {timeout_s} s (or exited): {log}")
+        return self
 
     def stop(self) -> None:
         """SIGTERM the whole group (server, gunicorn/uvicorn workers, job consumers), then SIGKILL."""
         if self.process is None:
             return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.process.wait()
+        stop_process_group(self.process)
         self.process = None
 
     def kill(self) -> None:

@@ -52,18 +52,12 @@ class ModelServer:
                 [mlflow_cli, "models", "serve", "-m", self.model_uri, "--env-manager", "local",
                  "-h", "127.0.0.1", "-p", str(self.port), "-w", "1"],
                 stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mlflow models serve exited: {Path(self.log_path).read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/ping", timeout=1) as response:
-                    if response.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"mlflow models serve on port {self.port} not ready after {timeout_s} s")
+        if not wait_until_answering(self.process, f"{self.url}/ping", timeout_s):
+            log = Path(self.log_path).read_text(errors="replace")[-2000:]
+            self.stop()
+            raise RuntimeError(f"mlflow models serve on port {self.port} not ready after {timeout_s} s "
+                               f"(or exited): {log}")
+        return self
 
     def invoke(self, body: bytes, timeout_s: float = 120.0) -> list[dict[str, Any]]:
         request = urllib.request.Request(f"{self.url}/invocations", data=body,
@@ -75,16 +69,7 @@ class ModelServer:
         """SIGTERM the group (server and its uvicorn worker), SIGKILL what is left after 10 s."""
         if self.process is None:
             return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.process.wait()
+        stop_process_group(self.process)
         _wait_group_gone(self.process.pid, timeout_s=10.0)  # orphaned workers are reaped by init
         self.process = None
 
@@ -93,6 +78,34 @@ class ModelServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def wait_until_answering(process: subprocess.Popen, url: str, timeout_s: float) -> bool:
+    """True once `url` answers 200; False when `process` exits first or `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.3)
+    return False
+
+
+def stop_process_group(process: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM a server started with start_new_session=True and its whole process group, then
+    SIGKILL whatever is left after `grace_s`; returns once the leader has exited."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
 
 
 def _wait_group_gone(group: int, timeout_s: float) -> None:
