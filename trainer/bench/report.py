@@ -9,6 +9,8 @@ import math
 import sys
 from typing import Any
 
+from trainer.bench.report_compute import (checkpointing_rows, checkpointing_section, compile_rows,
+                                          compute_notes, row, train_rows)
 from trainer.model.hourglass import forward_flops
 
 # Published dense peaks (TFLOP/s) of the accelerators projected to: vendor data sheets.
@@ -17,55 +19,13 @@ UTILISATIONS = (0.35, 0.50)  # a conv net with BatchNorm: memory-bound layers ke
 DEMO_COMMAND = "bash launch/demo.sh"
 
 
-def _gib(value: float) -> str:
-    return f"{value / 2**30:.2f} GiB"
+_row = row  # one row format for every part
 
 
-def _verdict(ok: bool | None) -> str:
-    return "n/a" if ok is None else ("met" if ok else "**missed**")
-
-
-def _row(figure: str, target: str, measured: str, ok: bool | None) -> str:
-    return f"| {figure} | {target} | {measured} | {_verdict(ok)} |"
-
-
-def _figure_rows(parts: dict[str, Any]) -> list[str]:
+def _figure_rows(result: dict) -> list[str]:
+    parts = result["parts"]
     rows = ["| Figure | Target | Measured | Verdict |", "|---|---|---|---|"]
-    peak, train = parts.get("peak"), parts.get("train")
-    if peak:
-        in_rounds = f"; {train['peak_gflops_in_rounds']:.1f} median within the training rounds" \
-            if train and "peak_gflops_in_rounds" in train else ""
-        rows.append(_row("Convolution peak (3x3, channels_last, fp32, fwd)", "reference",
-                         f"{peak['gflops']:.1f} GFLOP/s median ({peak['shape']}); best run "
-                         f"{peak['gflops_best']:.1f}{in_rounds}", None))
-    if train:
-        rows.append(_row(f"Training step, {train['model']}", ">= 75% of peak",
-                         f"{train['gflops']:.1f} GFLOP/s = {100 * train['efficiency']:.0f}% of peak (median of "
-                         f"per-round ratios; best vs best {100 * train['efficiency_of_best']:.0f}%); "
-                         f"{train['bare_step']['median_s']:.2f} s/step, {train['images_per_s']:.2f} img/s",
-                         train["efficiency"] >= 0.75))
-        over, parts_timed = train["overhead"], train.get("overhead_components")
-        measured = (f"{100 * (over['median'] - 1):+.1f}% paired full vs bare steps (best vs best "
-                    f"{100 * (over['of_best'] - 1):+.1f}%)")
-        ok = over["median"] <= 1.05
-        if parts_timed:
-            ms = ", ".join(f"{name} {1e3 * value:.1f} ms" for name, value in parts_timed["seconds"].items())
-            measured += (f"; the added parts timed alone: {100 * parts_timed['share_of_bare_step']:+.2f}% "
-                         f"of the bare step ({ms})")
-            ok = parts_timed["share_of_bare_step"] <= 0.05  # steadier than a difference of noisy steps
-        rows.append(_row("Framework overhead (full loop step vs bare step)", "<= +5%", measured, ok))
-        if "bf16" in train:
-            ratio = train["bf16"]["time_ratio_bf16_over_fp32"]
-            rows.append(_row("bf16 autocast vs fp32 step time", "reported",
-                             f"{ratio['median']:.2f}x the fp32 time (best vs best {ratio['of_best']:.2f}x)", None))
-    ckpt = parts.get("checkpointing")
-    if ckpt:
-        rows.append(_row(f"Gradient checkpointing memory, {ckpt['model']}", "<= 50% of plain",
-                         f"{100 * ckpt['memory_ratio']:.0f}% ({_gib(ckpt['checkpointing_step_peak_bytes'])} vs "
-                         f"{_gib(ckpt['plain_step_peak_bytes'])} above the resident model + optimizer)",
-                         ckpt["memory_ratio"] <= 0.5))
-        rows.append(_row("Gradient checkpointing step time", "<= 1.35x",
-                         f"{ckpt['time_ratio']['median']:.2f}x", ckpt["time_ratio"]["median"] <= 1.35))
+    rows += train_rows(result) + compile_rows(result) + checkpointing_rows(result)
     scaling = parts.get("scaling")
     if scaling:
         rates = scaling["images_per_s"]
@@ -104,11 +64,18 @@ def _data_rows(data: dict | None) -> list[str]:
     for pairing, figures in data.items():
         rates = figures["samples_per_s_per_worker"]
         for mode, rate_key, label in DATA_MODES:
-            ratios = figures[mode]
+            ratios, rate = figures[mode], rates[rate_key]
+            projection = ""
+            if "on_this_cpu" in ratios:  # the device is this CPU: its warp is timed and counted
+                projection = (f"; GPU projection (device warp free, untimed): {ratios['pipeline_vs_raw']:.2f}x, "
+                              f"{100 * ratios['pipeline_vs_decode']:.0f}%, (a) {rate:.0f} samples/s")
+                ratios, rate = ratios["on_this_cpu"], ratios["on_this_cpu"]["samples_per_s"]
+                label += f", device warp on this CPU ({figures['device_stage_cpu_ms_per_sample']:.1f} ms a sample, counted)"
             rows.append(_row(f"Data ({pairing}: {figures['source'].split(';')[0]}), {label}: (a) vs (b) raw "
                              "loader (decode + warp on the CPU)", ">= 3x",
-                             f"{ratios['pipeline_vs_raw']:.2f}x: (a) {rates[rate_key]:.0f}, "
-                             f"(b) {rates['raw_loader']:.0f} samples/s per worker", ratios["pipeline_vs_raw"] >= 3.0))
+                             f"{ratios['pipeline_vs_raw']:.2f}x: (a) {rate:.0f}, "
+                             f"(b) {rates['raw_loader']:.0f} samples/s per worker{projection}",
+                             ratios["pipeline_vs_raw"] >= 3.0))
             rows.append(_row(f"Data ({pairing}), {label}: (a) vs (c) decode-only", ">= 50%",
                              f"{100 * ratios['pipeline_vs_decode']:.0f}%: (c) {rates['decode_only']:.0f} "
                              f"samples/s", ratios["pipeline_vs_decode"] >= 0.5))
@@ -144,7 +111,7 @@ def _profile_section(train: dict) -> list[str]:
     lines += [f"| {name} | {100 * share:.1f}% |" for name, share in profile["by_layer_type"].items()]
     if profile.get("conv_only_gflops"):
         lines += ["", f"The convolutions alone (forward and backward) run at {profile['conv_only_gflops']:.1f} "
-                      "GFLOP/s: the gap to the peak is the time spent outside them."]
+                      "GFLOP/s inside the step (profiler self time)."]
     lines += ["", "| Op | Calls | Self CPU s | Share |", "|---|---|---|---|"]
     lines += [f"| `{op['op']}` | {op['calls']} | {op['self_cpu_s']:.3f} | {100 * op['share']:.1f}% |"
               for op in profile["top_ops"]]
@@ -211,51 +178,23 @@ def render_markdown(result: dict) -> str:
              f"- Date: {machine['date']}", "",
              "Each figure is the median of several runs after a warm-up; ratios are taken round by round "
              "from interleaved runs (A B A B ...) and the median ratio is quoted. fp32 unless noted; one "
-             "intra-op thread per core.", "",
+             "intra-op thread per core. Every verdict is computed from the figure in its row.", "",
              "## Figures", ""]
-    lines += _figure_rows(parts)
+    lines += _figure_rows(result)
     lines += ["", "## Noise", ""] + _noise_lines(result) + [""]
     lines += [f"- Note: {note}" for note in result.get("notes", [])] + ([""] if result.get("notes") else [])
-    lines += _missed_notes(parts)
+    lines += _missed_notes(result)
+    lines += checkpointing_section(result)
     if "train" in parts:
         lines += _profile_section(parts["train"])
     lines += _gpu_section(parts)
     return "\n".join(lines) + "\n"
 
 
-def _missed_notes(parts: dict[str, Any]) -> list[str]:
-    """Why a target was missed, from the figures of this run (the profile is the evidence)."""
-    notes = []
-    train = parts.get("train")
-    if train and train["efficiency"] < 0.75:
-        profile = train.get("profile", {})
-        shares = profile.get("by_layer_type", {})
-        conv = 100 * shares.get("conv", 0.0)
-        conv_rate = profile.get("conv_only_gflops")
-        notes.append(
-            f"- Training step at {100 * train['efficiency']:.0f}% of the convolution peak: the convolutions "
-            f"take {conv:.0f}% of the step's CPU time" + (f" and run at {conv_rate:.0f} GFLOP/s themselves"
-                                                          if conv_rate else "")
-            + "; the rest goes to memory-bound layers (BatchNorm forward/backward, ReLU, the residual adds, "
-              "nearest upsampling, max-pooling) and the optimizer, which move whole activation tensors "
-              "through memory for a few FLOPs each. Newell's pre-activation residual has three BN-ReLU pairs "
-              "per three convolutions, two of them on 128-channel tensors; backward convolutions are "
-              "also slower than the forward kernel the peak is measured on. Already applied: channels_last, "
-              "oneDNN (mkldnn) convolutions, one thread per core, in-place ReLU, no copies of the input. "
-              "What would close the gap is kernel fusion (BN folded into the convolution, BN+ReLU+add in one "
-              "pass: torch.compile/inductor), which this trainer does not do on CPU.")
-    if train and train["overhead"]["median"] > 1.05:
-        notes.append("- The paired full-vs-bare difference is within the run-to-run noise of multi-second "
-                     "steps on this shared machine (see the spread below); the parts the full step adds "
-                     "(normalisation, the codec's targets, the per-stack loss, the backend's gradient norm, "
-                     "logging) were therefore also timed alone, with many repeats, and that sum is the "
-                     "verdict. None of them scales with the model's FLOPs.")
-    ckpt = parts.get("checkpointing")
-    if ckpt and (ckpt["memory_ratio"] > 0.5 or ckpt["time_ratio"]["median"] > 1.35):
-        notes.append("- Gradient checkpointing keeps the stem, the merges and each stack's input, output "
-                     "and heatmaps, and the recomputation of one stack is alive during its backward: with "
-                     "few stacks or small inputs these fixed parts dominate. The recomputed forward costs "
-                     "about one third of a step (1.33x in theory); on a loaded machine the ratio is noisy.")
+def _missed_notes(result: dict) -> list[str]:
+    """Why a target was missed, from the figures of this run."""
+    parts = result["parts"]
+    notes = compute_notes(result)
     scaling = parts.get("scaling")
     if scaling and scaling["ddp_speedup_2_over_1"]["median"] < 1.8:
         notes.append("- DDP scaling below 1.8x: two ranks with one thread each occupy both cores of this "
@@ -324,9 +263,14 @@ def _data_notes(data: dict | None) -> list[str]:
 
 
 def _noise_lines(result: dict) -> list[str]:
-    lines = ["Load average (1, 5, 15 min) before and after each part (other jobs shared the 2 cores):", ""]
+    lines = ["Per part: load average (1, 5, 15 min) before and after, and the share of the CPUs that other "
+             "processes used while it ran (from /proc/stat minus the benchmark's own CPU time; above "
+             "10% the part's figures are marked as taken under load):", ""]
     for part, load in result.get("load_average", {}).items():
-        lines.append(f"- {part}: {load['before']} -> {load['after']}")
+        share = load.get("others_cpu_share")
+        busy = " **under load**" if load.get("busy") else ""
+        lines.append(f"- {part}: {load['before']} -> {load['after']}"
+                     + (f", others {100 * share:.0f}% of the CPUs{busy}" if share is not None else ""))
     train = result["parts"].get("train")
     if train:
         lines.append(f"- run-to-run spread (slowest / fastest) of the bare training step: "

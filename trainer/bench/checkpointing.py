@@ -1,0 +1,136 @@
+"""Gradient checkpointing: peak step memory and step time per setting (none, the first k stacks,
+all stacks), at several batch sizes.
+
+Every measurement is its own process (memory_worker.py), so each peak is its own: a warm-up step
+(optimizer state and gradients exist afterwards), then the peak RSS of the next step above the
+RSS before it. The settings alternate process by process within a round (none, k1, k2, ...,
+all, at each batch size), and step-time ratios against `none` are taken within the round.
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from trainer.bench.steps import ModelShape, bare_step, bare_target, build_model, float_input, use_all_cores
+from trainer.bench.timing import paired_ratio, summary, time_call
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MEMORY_WORKER_MODULE = "trainer.bench.memory_worker"
+# The issue's targets: all stacks <= 35% of the plain peak for <= 1.2x its step time, and some
+# setting <= 60% for <= 1.06x.
+ALL_STACKS_TARGET = (0.35, 1.2)
+CHEAP_SETTING_TARGET = (0.60, 1.06)
+
+
+def _rss_bytes(field: str) -> int | None:
+    """VmRSS / VmHWM from /proc/self/status (Linux), in bytes."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+def memory_probe(shape: ModelShape, checkpoint_stacks: int, steps: int) -> dict:
+    """In a fresh process (memory_worker.py): checkpoint the first `checkpoint_stacks` stacks (0 = none)."""
+    use_all_cores()
+    torch.manual_seed(0)
+    model = build_model(shape, channels_last=True, checkpointing=checkpoint_stacks > 0,
+                        checkpoint_stacks=checkpoint_stacks or None)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    images, target = float_input(shape, channels_last=True), bare_target(model, shape)
+    bare_step(model, optimizer, images, target)
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap pages back before the baseline
+    except OSError:
+        pass
+    reset = _reset_peak_rss()
+    baseline = _rss_bytes("VmRSS") or 0
+    times = [time_call(lambda: bare_step(model, optimizer, images, target))]
+    peak = _rss_bytes("VmHWM") if reset else None
+    if peak is None:  # no resettable peak: the process-lifetime maximum is an upper bound
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    times += [time_call(lambda: bare_step(model, optimizer, images, target)) for _ in range(steps - 1)]
+    return {"checkpoint_stacks": checkpoint_stacks, "baseline_rss_bytes": baseline, "peak_rss_bytes": peak,
+            "step_peak_bytes": peak - baseline, "peak_reset": reset, "step_times_s": times}
+
+
+def _run_memory_worker(shape: ModelShape, checkpoint_stacks: int, steps: int, timeout_s: float) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               # Large tensors come from mmap and go back to the OS when freed, so RSS follows
+               # the live tensors instead of the allocator's high-water mark.
+               MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
+    command = [sys.executable, "-m", MEMORY_WORKER_MODULE, "--stacks", str(shape.stacks), "--features",
+               str(shape.features), "--input", str(shape.input_size), "--batch", str(shape.batch),
+               "--depth", str(shape.depth), "--steps", str(steps), "--checkpoint-stacks", str(checkpoint_stacks)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout_s)
+    if done.returncode != 0:
+        raise RuntimeError(f"memory worker failed ({done.returncode}): {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def checkpoint_settings(stacks: int) -> list[int]:
+    """0 (none), 1, 2, 4, ... stacks, and all of them."""
+    settings, k = [0], 1
+    while k < stacks:
+        settings.append(k)
+        k *= 2
+    return settings + [stacks]
+
+
+def measure_checkpointing(shape: ModelShape, batches: list[int], rounds: int, steps: int,
+                          timeout_s: float = 1800) -> dict:
+    settings = checkpoint_settings(shape.stacks)
+    runs: dict[int, dict[int, list[dict]]] = {b: {k: [] for k in settings} for b in batches}
+    for _ in range(rounds):
+        for batch in batches:
+            sized = ModelShape(shape.stacks, shape.features, shape.input_size, batch, shape.depth)
+            for k in settings:
+                runs[batch][k].append(_run_memory_worker(sized, k, steps, timeout_s))
+    tables = {str(batch): _table(by_setting, shape.stacks) for batch, by_setting in runs.items()}
+    return {"model": f"{shape.stacks}x{shape.features} @ {shape.input_size}px", "batches": batches,
+            "rounds": rounds, "steps_per_process": steps, "settings": settings, "tables": tables,
+            "targets": {"all_stacks": ALL_STACKS_TARGET, "cheap_setting": CHEAP_SETTING_TARGET},
+            "peak_reset": all(r["peak_reset"] for b in runs.values() for v in b.values() for r in v)}
+
+
+def _table(by_setting: dict[int, list[dict]], stacks: int) -> dict:
+    """Per setting: median peak above the baseline, ratios to `none` (memory of the medians; time
+    round by round, each process's median step)."""
+    plain_memory = statistics.median(r["step_peak_bytes"] for r in by_setting[0])
+    plain_times = [statistics.median(r["step_times_s"]) for r in by_setting[0]]
+    rows = {}
+    for k, results in by_setting.items():
+        memory = statistics.median(r["step_peak_bytes"] for r in results)
+        times = [statistics.median(r["step_times_s"]) for r in results]
+        rows[str(k)] = {"step_peak_bytes": memory, "memory_ratio": memory / plain_memory,
+                        "step": summary([t for r in results for t in r["step_times_s"]]),
+                        "time_ratio": paired_ratio(times, plain_times)}
+    all_row = rows[str(stacks)]
+    cheap = [k for k, row in rows.items() if k != "0" and row["memory_ratio"] <= CHEAP_SETTING_TARGET[0]
+             and row["time_ratio"]["median"] <= CHEAP_SETTING_TARGET[1]]
+    return {"rows": rows,
+            "all_stacks_met": all_row["memory_ratio"] <= ALL_STACKS_TARGET[0]
+            and all_row["time_ratio"]["median"] <= ALL_STACKS_TARGET[1],
+            "cheap_setting_met": bool(cheap), "cheap_settings": cheap,
+            "baseline_rss_bytes": statistics.median(r["baseline_rss_bytes"] for r in by_setting[0])}

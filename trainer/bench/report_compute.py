@@ -1,0 +1,153 @@
+"""Markdown rows and tables of the compute parts (train, compile, checkpointing) for report.py.
+
+Every verdict is computed here from the figure printed next to it; a part measured while other
+processes used the CPUs says so in its rows.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+MFU_TARGET = 0.75  # training step vs its own convolutions run alone
+OVERHEAD_TARGET = 1.05
+
+
+def verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("met" if ok else "**missed**")
+
+
+def row(figure: str, target: str, measured: str, ok: bool | None) -> str:
+    return f"| {figure} | {target} | {measured} | {verdict(ok)} |"
+
+
+def load_note(result: dict, part: str) -> str:
+    """' [under load: ...]' when other processes used more than the threshold of the CPUs."""
+    load = result.get("load_average", {}).get(part, {})
+    if not load.get("busy"):
+        return ""
+    return f" [under load: other processes used {100 * load['others_cpu_share']:.0f}% of the CPUs]"
+
+
+def train_rows(result: dict) -> list[str]:
+    train = result["parts"].get("train")
+    if not train:
+        return []
+    note = load_note(result, "train")
+    rows = []
+    for name, rates in train["conv_rates"].items():
+        forward, both = rates["forward"], rates["train"]
+        rows.append(row(f"Convolution rate at the model's own layer shapes ({train['model']}), {name}",
+                        "reference", f"forward {forward['gflops']:.0f} GFLOP/s, forward + backward "
+                        f"{both['gflops']:.0f} GFLOP/s (median of {train['repeats']} rounds, each shape x"
+                        f"{train['sweep_repeats']}; run spread {both['spread']:.2f}x){note}", None))
+    for name, mfu in train["mfu"].items():
+        rows.append(row(f"Training step {name}: model FLOP utilisation (step rate / its convolutions' "
+                        "forward + backward rate)", f">= {100 * MFU_TARGET:.0f}%",
+                        f"{100 * mfu['median']:.0f}% ({mfu['step_gflops']:.0f} GFLOP/s; per round "
+                        f"{', '.join(f'{100 * r:.0f}%' for r in mfu['rounds'])}){note}",
+                        mfu["median"] >= MFU_TARGET))
+    over = train["overhead"]
+    rows.append(row("Framework overhead: full loop step (targets, loss per stack, backend step with "
+                    "gradient norm, per-step collective, metrics.jsonl write) vs bare step, paired",
+                    f"<= +{100 * (OVERHEAD_TARGET - 1):.0f}%",
+                    f"{100 * (over['median'] - 1):+.1f}% (median of per-round ratios "
+                    f"{', '.join(f'{r:.3f}' for r in over['rounds'])}; bare step "
+                    f"{train['bare_step']['median_s']:.2f} s, {train['images_per_s']:.2f} img/s){note}",
+                    over["median"] <= OVERHEAD_TARGET))
+    if "bf16" in train:
+        ratio = train["bf16"]["time_ratio_bf16_over_fp32"]
+        rows.append(row("bf16 autocast vs fp32 step time", "reported",
+                        f"{ratio['median']:.2f}x the fp32 time (best vs best {ratio['of_best']:.2f}x){note}", None))
+    return rows
+
+
+def compile_rows(result: dict) -> list[str]:
+    comp = result["parts"].get("compile")
+    if not comp:
+        return []
+    note = load_note(result, "compile")
+    rows = []
+    for name in ("fp32", "bf16"):
+        if name not in comp:
+            continue
+        fig = comp[name]
+        ratio = fig["time_ratio_compiled_over_eager"]
+        even = fig["break_even_steps"]
+        repaid = f"repaid after {even:.0f} steps" if even is not None else "never repaid (not faster)"
+        rows.append(row(f"torch.compile ({comp['backend']}) vs eager step time, {comp['model']}, {name}",
+                        "reported", f"{ratio['median']:.2f}x the eager time (per round "
+                        f"{', '.join(f'{r:.2f}' for r in ratio['rounds'])}); compile {fig['compile_s']:.0f} s "
+                        f"on its own, {repaid}; eager {fig['eager_step']['median_s']:.3f} s, compiled "
+                        f"{fig['compiled_step']['median_s']:.3f} s a step{note}", None))
+    return rows
+
+
+def checkpointing_rows(result: dict) -> list[str]:
+    ckpt = result["parts"].get("checkpointing")
+    if not ckpt:
+        return []
+    note = load_note(result, "checkpointing")
+    (all_memory, all_time), (cheap_memory, cheap_time) = ckpt["targets"]["all_stacks"], ckpt["targets"]["cheap_setting"]
+    stacks = str(ckpt["settings"][-1])
+    rows = []
+    for batch, table in ckpt["tables"].items():
+        row_all = table["rows"][stacks]
+        rows.append(row(f"Gradient checkpointing, all stacks, {ckpt['model']}, batch {batch}",
+                        f"<= {100 * all_memory:.0f}% memory for <= {all_time}x time",
+                        f"{100 * row_all['memory_ratio']:.0f}% of the plain step's peak, "
+                        f"{row_all['time_ratio']['median']:.2f}x its time{note}", table["all_stacks_met"]))
+        within = [k for k, fig in table["rows"].items() if k != "0" and fig["time_ratio"]["median"] <= cheap_time]
+        if table["cheap_setting_met"]:
+            measured = f"met by {', '.join(table['cheap_settings'])} stack(s)"
+        elif within:
+            best = min(within, key=lambda k: table["rows"][k]["memory_ratio"])
+            measured = (f"no setting; the least memory within {cheap_time}x: {best} stack(s) at "
+                        f"{100 * table['rows'][best]['memory_ratio']:.0f}%, "
+                        f"{table['rows'][best]['time_ratio']['median']:.2f}x")
+        else:
+            measured = f"no setting is within {cheap_time}x"
+        rows.append(row(f"Gradient checkpointing, a cheap setting, batch {batch}",
+                        f"some setting <= {100 * cheap_memory:.0f}% for <= {cheap_time}x", measured + note,
+                        table["cheap_setting_met"]))
+    return rows
+
+
+def checkpointing_section(result: dict) -> list[str]:
+    ckpt = result["parts"].get("checkpointing")
+    if not ckpt:
+        return []
+    lines = ["## Gradient checkpointing: memory vs step time", "",
+             f"{ckpt['model']}, `model.gradient_checkpointing: true` with `model.checkpoint_stacks: k` "
+             f"(the first k stacks; 0 = off). Peak RSS of one step above the resident model, gradients "
+             f"and optimizer state, each setting in its own process; {ckpt['rounds']} round(s) of all "
+             f"settings alternating, time ratios taken within a round.{load_note(result, 'checkpointing')}", "",
+             "| Batch | Stacks checkpointed | Step peak | vs none | Step time | vs none (per round) |",
+             "|---|---|---|---|---|---|"]
+    for batch, table in ckpt["tables"].items():
+        for k, fig in table["rows"].items():
+            lines.append(f"| {batch} | {k} | {fig['step_peak_bytes'] / 2**30:.2f} GiB | "
+                         f"{100 * fig['memory_ratio']:.0f}% | {fig['step']['median_s']:.2f} s | "
+                         f"{fig['time_ratio']['median']:.2f}x ({', '.join(f'{r:.2f}' for r in fig['time_ratio']['rounds'])}) |")
+    return lines + [""]
+
+
+def compute_notes(result: dict) -> list[str]:
+    """Why a compute target was missed, from this run's figures."""
+    parts: dict[str, Any] = result["parts"]
+    notes = []
+    train = parts.get("train")
+    if train and any(m["median"] < MFU_TARGET for m in train["mfu"].values()):
+        shares = train.get("profile", {}).get("by_layer_type", {})
+        notes.append(f"- MFU below {100 * MFU_TARGET:.0f}%: the convolutions take {100 * shares.get('conv', 0):.0f}% "
+                     "of the step's CPU time in the profile below; the rest is BatchNorm, ReLU, adds, pooling, "
+                     "upsampling and the optimizer, memory-bound work that moves whole activations for a few "
+                     "FLOPs each. Fusing it is torch.compile's job (the compile rows).")
+    ckpt = parts.get("checkpointing")
+    if ckpt and not all(t["cheap_setting_met"] for t in ckpt["tables"].values()):
+        stacks = ckpt["settings"][-1]
+        notes.append(f"- Checkpointing k of {stacks} stacks saves about k/{stacks} of the stacks' activations and "
+                     f"recomputes k/{stacks} of the forward (about k/{3 * stacks} of a step): at most 1.06x allows "
+                     f"k/{3 * stacks} <= 0.06, i.e. k <= {int(0.18 * stacks)}, which saves at most "
+                     f"{100 * int(0.18 * stacks) / stacks:.0f}% of the stacks' activations. A finer unit "
+                     "(recomputing only BatchNorm and ReLU inside each residual, keeping the convolution outputs) "
+                     "would be the next step; it is not built.")
+    return notes
