@@ -7,7 +7,7 @@ import json
 import pytest
 
 from trainer.bench.cli import add_bench_parser, run_bench
-from trainer.bench.report import render_markdown
+from trainer.bench.report import README_BEGIN, README_END, render_markdown, rewrite_readme
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -48,6 +48,12 @@ def test_compute_parts_write_their_figures(tmp_path):
                    "Gradient checkpointing, all stacks", "memory vs step time", "Time to accuracy",
                    "On paper, for GPUs", "amx_bf16", "under load: other processes used 50%"):
         assert figure in markdown, figure
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_BEGIN}\nold table\n{README_END}\noutro\n")
+    rewrite_readme(str(readme), merged, "bench.json")
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old table" not in text
+    assert "python -m trainer bench" in text and "model FLOP utilisation" in text and "**Taken under load**" in text
 
 
 def test_unknown_part_is_refused():
