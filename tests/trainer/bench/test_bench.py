@@ -7,7 +7,7 @@ import json
 import pytest
 
 from trainer.bench.cli import add_bench_parser, run_bench
-from trainer.bench.report import README_BEGIN, README_END, render_markdown, rewrite_readme
+from trainer.bench.report import README_BEGIN, README_END, merge_results, render_markdown, rewrite_readme
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -38,10 +38,8 @@ def test_compute_parts_write_their_figures(tmp_path):
     for table in ckpt["tables"].values():
         assert table["rows"]["0"]["memory_ratio"] == 1.0 and table["rows"]["1"]["step_peak_bytes"] > 0
         assert isinstance(table["all_stacks_met"], bool) and isinstance(table["cheap_setting_met"], bool)
-    merged = results["train"]
-    for part in ("compile", "checkpointing"):
-        merged["parts"].update(results[part]["parts"])
-        merged["load_average"].update(results[part]["load_average"])
+    merged = merge_results([results[part] for part in parts])  # separate runs, one report
+    assert set(merged["parts"]) == set(parts) and merged["command_parts"] == list(parts)
     merged["load_average"]["compile"].update(busy=True, others_cpu_share=0.5)  # how a busy part reads
     markdown = render_markdown(merged)
     for figure in ("own layer shapes", "model FLOP utilisation", "Framework overhead", "torch.compile (aot_eager)",
@@ -53,7 +51,7 @@ def test_compute_parts_write_their_figures(tmp_path):
     rewrite_readme(str(readme), merged, "bench.json")
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old table" not in text
-    assert "python -m trainer bench" in text and "model FLOP utilisation" in text and "**Taken under load**" in text
+    assert "for each of train, compile, checkpointing" in text and "model FLOP utilisation" in text and "**Taken under load**" in text
 
 
 def test_unknown_part_is_refused():
