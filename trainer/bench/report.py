@@ -181,8 +181,10 @@ def render_markdown(result: dict) -> str:
              f"Python {machine['python']}, {machine['platform']}",
              f"- Date: {machine['date']}", "",
              "Each figure is the median of several runs after a warm-up; ratios are taken round by round "
-             "from interleaved runs (A B A B ...) and the median ratio is quoted. fp32 unless noted; one "
-             "intra-op thread per core. Every verdict is computed from the figure in its row.", "",
+             "from interleaved runs (A B A B ...) and the median ratio is quoted. fp32 unless noted; "
+             + (f"{result['threads_per_process']} intra-op thread(s) per benchmark process (`--threads`). "
+                if result.get("threads_per_process") else "one intra-op thread per core. ")
+             + "Every verdict is computed from the figure in its row.", "",
              "## Figures", ""]
     lines += _figure_rows(result)
     lines += ["", "## Noise", ""] + _noise_lines(result) + [""]

@@ -42,11 +42,17 @@ class ModelShape:
         return f"{self.stacks}x{self.features} @ {self.input_size}px, batch {self.batch}"
 
 
+THREADS_ENV = "POSEFORGE_BENCH_THREADS"  # set by `bench --threads N`; inherited by the workers
+
+
 def use_all_cores() -> int:
-    """One intra-op thread per core this process may run on (torch's default can differ)."""
+    """One intra-op thread per core this process may run on (torch's default can differ), or
+    `bench --threads N`: on a machine other jobs oversubscribe, threads that wait for each other
+    at every barrier lose more than they gain, and one thread per benchmark is steadier."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(cores)
-    return cores
+    threads = int(os.environ.get(THREADS_ENV, 0)) or cores
+    torch.set_num_threads(threads)
+    return threads
 
 
 def build_model(shape: ModelShape, channels_last: bool, checkpointing: bool = False,

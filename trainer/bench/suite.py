@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from trainer.bench.steps import ModelShape
+from trainer.bench.steps import THREADS_ENV, ModelShape
 from trainer.bench.timing import LoadMonitor, busy_warning
 
 
@@ -60,15 +60,16 @@ PRESETS = {
     # compile on the demo's model (2x64 @ 128 px, batch 16: the CPU use case), since inductor
     # takes many minutes for 8 stacks on 2 cores. Scaling on a smaller model for time's sake.
     "full": Preset(train=ModelShape(8, 256, 256, 4), train_repeats=5, sweep_repeats=3,
-                   compile=ModelShape(2, 64, 128, 16), compile_repeats=5,
+                   compile=ModelShape(2, 64, 128, 16), compile_repeats=5, compile_dtypes=("bf16",),
                    checkpointing=ModelShape(8, 256, 128, 8), checkpointing_batches=[8, 16],
-                   checkpointing_rounds=2, checkpointing_steps=2,
+                   checkpointing_rounds=1, checkpointing_steps=3,
                    scaling=ModelShape(2, 128, 256, 4), scaling_rounds=2, scaling_steps=6,
                    notes=["checkpointing runs the recipe's 8x256 model at 128 px input: activations and "
                           "FLOPs both scale with the pixels, so its memory and time ratios are those of 256 px "
                           "at a quarter of the time",
-                          "compile runs the demo's model (2x64 @ 128 px, batch 16), the CPU use case: inductor "
-                          "did not finish compiling the 8x256 model within 10 minutes on this VM under load"]),
+                          "compile runs the demo's model (2x64 @ 128 px, batch 16) in bf16, the demo's precision "
+                          "on CPUs with native bf16 (the CPU use case); inductor did not finish compiling the "
+                          "8x256 model within 10 minutes on this VM under load"]),
     # Everything smaller: `all` in a few minutes.
     "quick": Preset(train=ModelShape(2, 64, 128, 2), train_repeats=3, sweep_repeats=3,
                     compile=ModelShape(1, 32, 64, 4), compile_repeats=3,
@@ -199,7 +200,8 @@ def run_suite(parts: list[str], preset_name: str, log=print, save=None) -> dict:
     preset = PRESETS[preset_name]
     started = time.perf_counter()
     result: dict = {"machine": machine_info(), "preset": preset_name, "preset_sizes": asdict(preset),
-                    "parts": {}, "load_average": {}, "notes": list(preset.notes)}
+                    "parts": {}, "load_average": {}, "notes": list(preset.notes),
+                    "threads_per_process": int(os.environ.get(THREADS_ENV, 0)) or None}  # None: one per core
     for part in parts:
         log(f"[bench] {part} ({preset_name}) ...")
         part_start = time.perf_counter()
