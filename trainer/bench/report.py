@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from trainer.bench.report_compute import (checkpointing_rows, checkpointing_section, compile_rows,
-                                          compute_notes, row, train_rows)
+                                          compute_notes, conv_shape_section, row, train_rows)
 from trainer.model.hourglass import forward_flops
 
 # Published dense peaks (TFLOP/s) of the accelerators projected to: vendor data sheets.
@@ -190,7 +190,7 @@ def render_markdown(result: dict) -> str:
     lines += ["", "## Noise", ""] + _noise_lines(result) + [""]
     lines += [f"- Note: {note}" for note in result.get("notes", [])] + ([""] if result.get("notes") else [])
     lines += _missed_notes(result)
-    lines += checkpointing_section(result)
+    lines += checkpointing_section(result) + conv_shape_section(result)
     if "train" in parts:
         lines += _profile_section(parts["train"])
     lines += _gpu_section(parts)
@@ -213,7 +213,7 @@ def _missed_notes(result: dict) -> list[str]:
                      "gradients in buckets from Python hooks, and copies gradients into its flat fp32 "
                      "partition and parameters back after the step; with gloo none of that overlaps.")
     notes += _data_notes(parts.get("data"))
-    return (["## Targets missed, and why", ""] + notes + [""]) if notes else []
+    return (["## Misses and decisions, from the figures above", ""] + notes + [""]) if notes else []
 
 
 def _warp_bound(figures: dict) -> str:

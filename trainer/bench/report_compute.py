@@ -9,6 +9,7 @@ from typing import Any
 
 MFU_TARGET = 0.75  # training step vs its own convolutions run alone
 OVERHEAD_TARGET = 1.05
+DEMO_TRAINING_STEPS = 868  # launch/demo.sh: 14 epochs x 62 steps (README, the demo's table)
 
 
 def verdict(ok: bool | None) -> str:
@@ -130,10 +131,36 @@ def checkpointing_section(result: dict) -> list[str]:
     return lines + [""]
 
 
+def conv_shape_section(result: dict) -> list[str]:
+    train = result["parts"].get("train")
+    if not train or not train.get("per_shape_fp32_train"):
+        return []
+    lines = ["## Convolution rate per layer shape", "",
+             f"fp32, forward + backward, {train['model']}: the distinct shapes with the largest share of the "
+             f"model's convolution FLOPs (median of {train['sweep_repeats']} calls each).", "",
+             "| Shape (in->out kernel/stride @input) | Count | FLOP share | GFLOP/s |", "|---|---|---|---|"]
+    lines += [f"| {r['shape']} | {r['count']} | {100 * r['flop_share']:.1f}% | {r['gflops']:.0f} |"
+              for r in train["per_shape_fp32_train"]]
+    return lines + [""]
+
+
 def compute_notes(result: dict) -> list[str]:
-    """Why a compute target was missed, from this run's figures."""
+    """Why a compute target was missed, and what the compile figures decide, from this run's figures."""
     parts: dict[str, Any] = result["parts"]
     notes = []
+    comp = parts.get("compile")
+    for name in ("fp32", "bf16"):
+        if comp and name in comp:
+            even = comp[name]["break_even_steps"]
+            repaid = even is not None and even < DEMO_TRAINING_STEPS
+            notes.append(f"- torch.compile on CPU ({name}, {comp['model']}): "
+                         + (f"it repays its {comp[name]['compile_s']:.0f} s of compilation after {even:.0f} steps"
+                            if even is not None else "it is not faster per step, so it never repays its "
+                            f"{comp[name]['compile_s']:.0f} s of compilation")
+                         + f"; the demo trains {DEMO_TRAINING_STEPS} steps, so compiling "
+                         + ("would pay off there" if repaid else "does not pay off there")
+                         + ". `model.compile: auto` is off on CPU (trainer/model/compiling.py); set it to true for "
+                           "long CPU runs.")
     train = parts.get("train")
     if train and any(m["median"] < MFU_TARGET for m in train["mfu"].values()):
         shares = train.get("profile", {}).get("by_layer_type", {})
