@@ -21,11 +21,16 @@ def row(figure: str, target: str, measured: str, ok: bool | None) -> str:
 
 
 def load_note(result: dict, part: str) -> str:
-    """' [under load: ...]' when other processes used more than the threshold of the CPUs."""
+    """' [under load: ...]' when other processes used more than the threshold of the CPUs, and
+    ' [measured DATE]' for a part merged in from a run of another day."""
+    note = ""
+    date = result.get("part_dates", {}).get(part, "")[:10]
+    if date and date != result["machine"]["date"][:10]:
+        note += f" [measured {date}, an earlier run; see the notes]"
     load = result.get("load_average", {}).get(part, {})
-    if not load.get("busy"):
-        return ""
-    return f" [under load: other processes used {100 * load['others_cpu_share']:.0f}% of the CPUs]"
+    if load.get("busy"):
+        note += f" [under load: other processes used {100 * load['others_cpu_share']:.0f}% of the CPUs]"
+    return note
 
 
 def train_rows(result: dict) -> list[str]:
