@@ -63,12 +63,14 @@ def _measure(shape: ModelShape, repeats: int, backend: str, wanted: tuple[str, .
             "first_step_s": first[name], "compile_s": first[name] - steady,
             "eager_step": summary(times[f"eager_{name}"]), "compiled_step": summary(times[f"compiled_{name}"]),
             "time_ratio_compiled_over_eager": paired_ratio(times[f"compiled_{name}"], times[f"eager_{name}"]),
-            # steps after which the compile time is repaid (None: compiled is not faster)
-            "break_even_steps": _break_even(first[name] - steady, statistics.median(times[f"eager_{name}"]), steady),
+            # steps after which the compile time is repaid (None: compiled is not faster), from the
+            # paired ratio: the eager median times (1 - median compiled/eager ratio) saved a step
+            "break_even_steps": _break_even(first[name] - steady, statistics.median(times[f"eager_{name}"]),
+                                            paired_ratio(times[f"compiled_{name}"], times[f"eager_{name}"])["median"]),
         }
     return result
 
 
-def _break_even(compile_s: float, eager_s: float, compiled_s: float) -> float | None:
-    saved = eager_s - compiled_s
+def _break_even(compile_s: float, eager_s: float, ratio: float) -> float | None:
+    saved = eager_s * (1.0 - ratio)
     return compile_s / saved if saved > 0 else None
