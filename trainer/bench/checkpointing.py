@@ -1,10 +1,12 @@
 """Gradient checkpointing: peak step memory and step time per setting (none, the first k stacks,
 all stacks), at several batch sizes.
 
-Every measurement is its own process (memory_worker.py), so each peak is its own: a warm-up step
-(optimizer state and gradients exist afterwards), then the peak RSS of the next step above the
-RSS before it. The settings alternate process by process within a round (none, k1, k2, ...,
-all, at each batch size), and step-time ratios against `none` are taken within the round.
+Memory: every setting in its own process (memory_worker.py), so each peak is its own: a warm-up
+step (optimizer state and gradients exist afterwards), then the peak RSS of the next step above
+the RSS before it. Step time: all settings in one process, one model each (same weights), their
+steps interleaved round by round, so a burst of load from elsewhere slows every setting alike
+and each round's ratio against `none` is a side-by-side one (separate processes, minutes apart,
+gave ratios below 1 on a loaded machine).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from pathlib import Path
 import torch
 
 from trainer.bench.steps import ModelShape, bare_step, bare_target, build_model, float_input, use_all_cores
-from trainer.bench.timing import paired_ratio, summary, time_call
+from trainer.bench.timing import interleaved, paired_ratio, summary, time_call
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MEMORY_WORKER_MODULE = "trainer.bench.memory_worker"
@@ -98,34 +100,54 @@ def checkpoint_settings(stacks: int) -> list[int]:
     return settings + [stacks]
 
 
+def interleaved_step_times(shape: ModelShape, settings: list[int], rounds: int) -> dict[int, list[float]]:
+    """Seconds per training step of each setting, one model per setting in this process, in
+    `rounds` interleaved rounds after a warm-up round."""
+    use_all_cores()
+    torch.manual_seed(0)
+    reference = build_model(shape, channels_last=True)
+    models = {}
+    for k in settings:
+        model = build_model(shape, channels_last=True, checkpointing=k > 0, checkpoint_stacks=k or None)
+        model.load_state_dict(reference.state_dict())
+        models[k] = (model, torch.optim.Adam(model.parameters(), lr=1e-4))
+    del reference
+    images, target = float_input(shape, channels_last=True), bare_target(models[0][0], shape)
+    variants = {k: (lambda m=m, o=o: bare_step(m, o, images, target)) for k, (m, o) in models.items()}
+    return interleaved(variants, rounds, warmup=1)
+
+
 def measure_checkpointing(shape: ModelShape, batches: list[int], rounds: int, steps: int,
                           timeout_s: float = 1800) -> dict:
+    """`rounds` rounds of memory processes (each timing `steps` steps too, for reference) and of
+    in-process interleaved step times, per batch size."""
     settings = checkpoint_settings(shape.stacks)
     runs: dict[int, dict[int, list[dict]]] = {b: {k: [] for k in settings} for b in batches}
-    for _ in range(rounds):
-        for batch in batches:
-            sized = ModelShape(shape.stacks, shape.features, shape.input_size, batch, shape.depth)
+    times = {}
+    for batch in batches:
+        sized = ModelShape(shape.stacks, shape.features, shape.input_size, batch, shape.depth)
+        for _ in range(max(1, rounds // 2)):
             for k in settings:
                 runs[batch][k].append(_run_memory_worker(sized, k, steps, timeout_s))
-    tables = {str(batch): _table(by_setting, shape.stacks) for batch, by_setting in runs.items()}
+        times[batch] = interleaved_step_times(sized, settings, rounds)
+    tables = {str(batch): _table(by_setting, times[batch], shape.stacks) for batch, by_setting in runs.items()}
     return {"model": f"{shape.stacks}x{shape.features} @ {shape.input_size}px", "batches": batches,
-            "rounds": rounds, "steps_per_process": steps, "settings": settings, "tables": tables,
+            "rounds": rounds, "memory_processes": max(1, rounds // 2), "steps_per_process": steps,
+            "settings": settings, "tables": tables,
             "targets": {"all_stacks": ALL_STACKS_TARGET, "cheap_setting": CHEAP_SETTING_TARGET},
             "peak_reset": all(r["peak_reset"] for b in runs.values() for v in b.values() for r in v)}
 
 
-def _table(by_setting: dict[int, list[dict]], stacks: int) -> dict:
-    """Per setting: median peak above the baseline, ratios to `none` (memory of the medians; time
-    round by round, each process's median step)."""
+def _table(by_setting: dict[int, list[dict]], times: dict[int, list[float]], stacks: int) -> dict:
+    """Per setting: median peak above the baseline and its ratio to `none`; step time from the
+    interleaved rounds, its ratio to `none` round by round."""
     plain_memory = statistics.median(r["step_peak_bytes"] for r in by_setting[0])
-    plain_times = [statistics.median(r["step_times_s"]) for r in by_setting[0]]
     rows = {}
     for k, results in by_setting.items():
         memory = statistics.median(r["step_peak_bytes"] for r in results)
-        times = [statistics.median(r["step_times_s"]) for r in results]
         rows[str(k)] = {"step_peak_bytes": memory, "memory_ratio": memory / plain_memory,
-                        "step": summary([t for r in results for t in r["step_times_s"]]),
-                        "time_ratio": paired_ratio(times, plain_times)}
+                        "step": summary(times[k]), "time_ratio": paired_ratio(times[k], times[0]),
+                        "process_step_times_s": [t for r in results for t in r["step_times_s"]]}
     all_row = rows[str(stacks)]
     cheap = [k for k, row in rows.items() if k != "0" and row["memory_ratio"] <= CHEAP_SETTING_TARGET[0]
              and row["time_ratio"]["median"] <= CHEAP_SETTING_TARGET[1]]
