@@ -297,9 +297,10 @@ def _noise_lines(result: dict) -> list[str]:
 def _command_text(result: dict, json_path: str) -> str:
     """The command(s) that measured the result: one run, or one per part when runs were merged."""
     parts = result.get("command_parts") or list(result.get("load_average", {})) or ["all"]
+    threads = f" --threads {result['threads_per_process']}" if result.get("threads_per_process") else ""
     if len(parts) == 1:
-        return f"`python -m trainer bench {parts[0]} --json {json_path}`"
-    return (f"`python -m trainer bench <part> --json <part>.json` for each of {', '.join(parts)} (separate runs, "
+        return f"`python -m trainer bench {parts[0]}{threads} --json {json_path}`"
+    return (f"`python -m trainer bench <part>{threads} --json <part>.json` for each of {', '.join(parts)} (separate runs, "
             f"merged by `python -m trainer.bench.report {json_path}`)")
 
 
