@@ -240,6 +240,15 @@ def _data_notes(data: dict | None) -> list[str]:
     """A missed (a)/(b) is bounded by (c)/(b): even free augmentation cannot beat decoding the crops."""
     notes = []
     for pairing, figures in (data or {}).items():
+        on_cpu = figures.get("warp_on_device", {}).get("on_this_cpu") if isinstance(figures, dict) else None
+        if on_cpu and on_cpu["pipeline_vs_raw"] < 3.0:
+            stage_ms = figures["device_stage_cpu_ms_per_sample"]
+            notes.append(f"- Data, {pairing} pairing, warp on the device when the device is this CPU: the device "
+                         f"stage (warp + colour with grid_sample on one thread) costs {stage_ms:.1f} ms a sample, "
+                         f"{100 * stage_ms / (1e3 / on_cpu['samples_per_s']):.0f}% of the sample's time, so "
+                         f"(a)/(b) is {on_cpu['pipeline_vs_raw']:.2f}x here. That is why `data.warp_on: auto` keeps "
+                         "the warp in the workers on CPU; the GPU figures in the same rows are projections.")
+    for pairing, figures in (data or {}).items():
         if "samples_per_s_per_worker" not in figures:
             continue
         missed = [label for mode, _, label in DATA_MODES if figures[mode]["pipeline_vs_raw"] < 3.0]
