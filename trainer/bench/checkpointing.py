@@ -31,6 +31,9 @@ MEMORY_WORKER_MODULE = "trainer.bench.memory_worker"
 # setting <= 60% for <= 1.06x.
 ALL_STACKS_TARGET = (0.35, 1.2)
 CHEAP_SETTING_TARGET = (0.60, 1.06)
+# A step's peak RSS does not depend on the load (repeated processes gave the same GiB to the
+# hundredth), so one process per setting; the time ratios need the rounds.
+MEMORY_PROCESSES = 1
 
 
 def _rss_bytes(field: str) -> int | None:
@@ -119,20 +122,20 @@ def interleaved_step_times(shape: ModelShape, settings: list[int], rounds: int) 
 
 def measure_checkpointing(shape: ModelShape, batches: list[int], rounds: int, steps: int,
                           timeout_s: float = 1800) -> dict:
-    """`rounds` rounds of memory processes (each timing `steps` steps too, for reference) and of
-    in-process interleaved step times, per batch size."""
+    """Per batch size: one memory process per setting (each timing `steps` steps too, for
+    reference) and `rounds` rounds of in-process interleaved step times."""
     settings = checkpoint_settings(shape.stacks)
     runs: dict[int, dict[int, list[dict]]] = {b: {k: [] for k in settings} for b in batches}
     times = {}
     for batch in batches:
         sized = ModelShape(shape.stacks, shape.features, shape.input_size, batch, shape.depth)
-        for _ in range(max(1, rounds // 2)):
+        for _ in range(MEMORY_PROCESSES):
             for k in settings:
                 runs[batch][k].append(_run_memory_worker(sized, k, steps, timeout_s))
         times[batch] = interleaved_step_times(sized, settings, rounds)
     tables = {str(batch): _table(by_setting, times[batch], shape.stacks) for batch, by_setting in runs.items()}
     return {"model": f"{shape.stacks}x{shape.features} @ {shape.input_size}px", "batches": batches,
-            "rounds": rounds, "memory_processes": max(1, rounds // 2), "steps_per_process": steps,
+            "rounds": rounds, "memory_processes": MEMORY_PROCESSES, "steps_per_process": steps,
             "settings": settings, "tables": tables,
             "targets": {"all_stacks": ALL_STACKS_TARGET, "cheap_setting": CHEAP_SETTING_TARGET},
             "peak_reset": all(r["peak_reset"] for b in runs.values() for v in b.values() for r in v)}

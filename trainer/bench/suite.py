@@ -38,7 +38,7 @@ class Preset:
     compile_repeats: int
     checkpointing: ModelShape  # its batch is replaced by each of checkpointing_batches
     checkpointing_batches: list[int]
-    checkpointing_rounds: int  # interleaved step-time rounds; memory processes: half as many (at least 1)
+    checkpointing_rounds: int  # interleaved step-time rounds (memory: one process per setting)
     checkpointing_steps: int  # timed steps per memory process (for reference)
     scaling: ModelShape
     scaling_rounds: int
@@ -62,7 +62,7 @@ PRESETS = {
     "full": Preset(train=ModelShape(8, 256, 256, 4), train_repeats=5, sweep_repeats=3,
                    compile=ModelShape(2, 64, 128, 16), compile_repeats=5, compile_dtypes=("bf16",),
                    checkpointing=ModelShape(8, 256, 128, 8), checkpointing_batches=[8, 16],
-                   checkpointing_rounds=3, checkpointing_steps=1,
+                   checkpointing_rounds=5, checkpointing_steps=1,
                    scaling=ModelShape(2, 128, 256, 4), scaling_rounds=2, scaling_steps=6,
                    notes=["checkpointing runs the recipe's 8x256 model at 128 px input: activations and "
                           "FLOPs both scale with the pixels, so its memory and time ratios are those of 256 px "
