@@ -21,6 +21,7 @@ from trainer.config import Config, ConfigError, check_data_paths, save_config, t
 from trainer.data import DataError, DataErrorTally, build_train_loader, stand_in_batch, train_batches_per_epoch
 from trainer.evaluation.runner import IncompleteEvaluation, evaluate
 from trainer.model import build_model
+from trainer.model.compiling import compile_enabled, compile_in_place
 from trainer.model.codec import make_codec
 from trainer.optim import build_optimizer, build_scheduler, effective_lr
 from trainer.preemption import StopRequest, requeue_slurm_job
@@ -90,6 +91,9 @@ def _train(config: Config, world: dist.WorldInfo, device: torch.device,
     model = build_model(config, schema.num_keypoints)
     if config.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    compiled = compile_enabled(config.model.compile, device.type, config.dist.zero_stage)
+    if compiled:  # in place, before the backend wraps it; the first step compiles
+        compile_in_place(model, config.model.compile_backend)
     accumulation = config.optim.accumulation_steps
     batches_per_epoch = train_batches_per_epoch(config, world.world_size)
     steps_per_epoch = config.schedule.steps_per_epoch or batches_per_epoch // accumulation
@@ -141,6 +145,7 @@ def _train(config: Config, world: dist.WorldInfo, device: torch.device,
         saved_path = checkpoints.save(backend, state["step"], {**state, "config": to_dict(config)}, metric)
 
     stopped_early = False
+    first_step_start = time.perf_counter() if compiled else None
     try:
         backend.model.train()
         for epoch in range(state["epoch"], config.schedule.epochs):
@@ -176,6 +181,9 @@ def _train(config: Config, world: dist.WorldInfo, device: torch.device,
                 step_stats = backend.step()  # skips (and reports) a step with non-finite gradients
                 state["step"] += 1
                 state["skipped_steps"] += int(step_stats.skipped)
+                if first_step_start is not None:
+                    progress.message(f"first step {time.perf_counter() - first_step_start:.1f} s (torch.compile included)")
+                    first_step_start = None
 
                 # One collective per step: every rank must agree to stop, or the others hang.
                 votes = torch.stack([torch.tensor(float(stop.requested), device=device),

@@ -329,13 +329,27 @@ def test_init_from_loads_weights_only(plain_run: Run, shards: Path, tmp_path):
 # Precision, gradient checkpointing, DeepSpeed
 
 
-def test_gradient_checkpointing_gives_the_plain_loss_sequence(plain_run: Run, shards: Path, tmp_path):
-    run = torchrun(shards, tmp_path / "out", "model.gradient_checkpointing=true", "eval.every_epochs=0",
-                   "checkpoint.every_steps=1000")
+@pytest.mark.parametrize("variant", [
+    ("model.gradient_checkpointing=true",),
+    # model.compile through train.py under DDP with partial checkpointing; aot_eager traces without
+    # code generation (inductor's numerics: tests/trainer/model/test_compile.py)
+    ("model.gradient_checkpointing=true", "model.checkpoint_stacks=1", "model.compile=true",
+     "model.compile_backend=aot_eager"),
+], ids=["checkpointing", "compiled_partial_checkpointing"])
+def test_gradient_checkpointing_gives_the_plain_loss_sequence(plain_run: Run, shards: Path, tmp_path, variant):
+    run = torchrun(shards, tmp_path / "out", *variant, "eval.every_epochs=0", "checkpoint.every_steps=1000")
     run.assert_finished(TOTAL_STEPS)
     ours, reference = run.losses(), plain_run.losses()
     assert ours.keys() == reference.keys()
-    assert max(abs(ours[s] - reference[s]) for s in ours) <= 1e-5
+    if "model.compile=true" not in variant:  # the same kernels: the same losses
+        assert max(abs(ours[s] - reference[s]) for s in ours) <= 1e-5
+        return
+    # Traced, a few ops are decomposed and sum in another order: the first steps agree (seen: equal
+    # to the last digit for 4 steps, 4e-7 at step 5), then a tiny model at a high learning rate
+    # amplifies the rounding (2e-3 by step 7), as any change of summation order would.
+    assert max(abs(ours[s] - reference[s]) for s in range(1, 5)) <= 1e-5
+    assert all(np.isfinite(list(ours.values())))
+    assert "torch.compile included" in run.log
 
 
 def test_bf16_with_gradient_checkpointing_and_device_warp_runs_and_evaluates(plain_run: Run, shards: Path,

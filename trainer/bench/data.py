@@ -202,6 +202,12 @@ def run_data_benchmark(shard_dir: str, coco_root: Optional[str], num_samples: in
     # what the device stage costs when the "device" is this CPU (one thread); a GPU does it in
     # microseconds, and on CPU-only training data.warp_on=auto keeps the warp in the workers
     result["device_stage_cpu_ms_per_sample"] = 1e3 / medians["device_stage_on_cpu"]
+    # Warp on the device when the device is this CPU: a sample costs the worker's time plus the
+    # device stage's, so that is the rate to compare (the figures above are a GPU projection).
+    on_cpu = 1.0 / (1.0 / medians["pipeline_warp_on_device"] + 1.0 / medians["device_stage_on_cpu"])
+    result["warp_on_device"]["on_this_cpu"] = {"samples_per_s": on_cpu,
+                                               "pipeline_vs_raw": on_cpu / medians["raw_loader"],
+                                               "pipeline_vs_decode": on_cpu / medians["decode_only"]}
     if workers > 0:
         everyone = _people(segments_in_range(source.urls, source.counts, 0, source.num_samples))
         result["delivered"] = delivered_rates(config, shard_dir, raw_loader, everyone, workers, batch, repeats)

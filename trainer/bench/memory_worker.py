@@ -1,14 +1,14 @@
 """One gradient-checkpointing memory probe in a fresh process; prints one JSON line.
 
-usage: python -m trainer.bench.memory_worker --stacks 8 --features 256 --input 256 --batch 8 [--checkpointing]
-Started by trainer.bench.compute.measure_checkpointing (which sets the malloc environment).
+usage: python -m trainer.bench.memory_worker --stacks 8 --features 256 --input 256 --batch 8 [--checkpoint-stacks K]
+Started by trainer.bench.checkpointing.measure_checkpointing (which sets the malloc environment).
 """
 from __future__ import annotations
 
 import argparse
 import json
 
-from trainer.bench.compute import memory_probe
+from trainer.bench.checkpointing import memory_probe
 from trainer.bench.steps import ModelShape
 
 
@@ -18,10 +18,10 @@ def main() -> None:
         parser.add_argument(f"--{name}", type=int, required=True)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--checkpointing", action="store_true")
+    parser.add_argument("--checkpoint-stacks", type=int, default=0, help="checkpoint the first K stacks (0: none)")
     args = parser.parse_args()
     shape = ModelShape(args.stacks, args.features, args.input, args.batch, args.depth)
-    print(json.dumps(memory_probe(shape, args.checkpointing, max(args.steps, 1))))
+    print(json.dumps(memory_probe(shape, args.checkpoint_stacks, max(args.steps, 1))))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""Render the benchmark JSON (bench/suite.py) as the markdown of docs/benchmarks.md.
+"""Render the benchmark JSON (bench/suite.py) as the markdown of docs/benchmarks.md, and the
+same figures as the generated block of README.md's benchmark section.
 
-usage: python -m trainer.bench.report bench.json > docs/benchmarks.md
+usage: python -m trainer.bench.report bench.json [more.json ...] [--readme README.md] > docs/benchmarks.md
+(several files: the parts of separate `bench <part>` runs, merged; each part keeps its own load record)
 """
 from __future__ import annotations
 
@@ -9,68 +11,31 @@ import math
 import sys
 from typing import Any
 
+from trainer.bench.report_compute import (checkpointing_rows, checkpointing_section, compile_rows,
+                                          compute_notes, conv_shape_section, load_note, row, train_rows)
 from trainer.model.hourglass import forward_flops
 
 # Published dense peaks (TFLOP/s) of the accelerators projected to: vendor data sheets.
 GPU_PEAKS_TFLOPS = {"A100 SXM (bf16 dense)": 312.0, "H100 SXM (bf16 dense)": 989.0}
 UTILISATIONS = (0.35, 0.50)  # a conv net with BatchNorm: memory-bound layers keep MFU well below 1
 DEMO_COMMAND = "bash launch/demo.sh"
+README_BEGIN = "<!-- bench-table:begin (generated from the bench JSON by trainer/bench/report.py; do not edit) -->"
+README_END = "<!-- bench-table:end -->"
 
 
-def _gib(value: float) -> str:
-    return f"{value / 2**30:.2f} GiB"
+_row = row  # one row format for every part
 
 
-def _verdict(ok: bool | None) -> str:
-    return "n/a" if ok is None else ("met" if ok else "**missed**")
-
-
-def _row(figure: str, target: str, measured: str, ok: bool | None) -> str:
-    return f"| {figure} | {target} | {measured} | {_verdict(ok)} |"
-
-
-def _figure_rows(parts: dict[str, Any]) -> list[str]:
+def _figure_rows(result: dict) -> list[str]:
+    parts = result["parts"]
     rows = ["| Figure | Target | Measured | Verdict |", "|---|---|---|---|"]
-    peak, train = parts.get("peak"), parts.get("train")
-    if peak:
-        in_rounds = f"; {train['peak_gflops_in_rounds']:.1f} median within the training rounds" \
-            if train and "peak_gflops_in_rounds" in train else ""
-        rows.append(_row("Convolution peak (3x3, channels_last, fp32, fwd)", "reference",
-                         f"{peak['gflops']:.1f} GFLOP/s median ({peak['shape']}); best run "
-                         f"{peak['gflops_best']:.1f}{in_rounds}", None))
-    if train:
-        rows.append(_row(f"Training step, {train['model']}", ">= 75% of peak",
-                         f"{train['gflops']:.1f} GFLOP/s = {100 * train['efficiency']:.0f}% of peak (median of "
-                         f"per-round ratios; best vs best {100 * train['efficiency_of_best']:.0f}%); "
-                         f"{train['bare_step']['median_s']:.2f} s/step, {train['images_per_s']:.2f} img/s",
-                         train["efficiency"] >= 0.75))
-        over, parts_timed = train["overhead"], train.get("overhead_components")
-        measured = (f"{100 * (over['median'] - 1):+.1f}% paired full vs bare steps (best vs best "
-                    f"{100 * (over['of_best'] - 1):+.1f}%)")
-        ok = over["median"] <= 1.05
-        if parts_timed:
-            ms = ", ".join(f"{name} {1e3 * value:.1f} ms" for name, value in parts_timed["seconds"].items())
-            measured += (f"; the added parts timed alone: {100 * parts_timed['share_of_bare_step']:+.2f}% "
-                         f"of the bare step ({ms})")
-            ok = parts_timed["share_of_bare_step"] <= 0.05  # steadier than a difference of noisy steps
-        rows.append(_row("Framework overhead (full loop step vs bare step)", "<= +5%", measured, ok))
-        if "bf16" in train:
-            ratio = train["bf16"]["time_ratio_bf16_over_fp32"]
-            rows.append(_row("bf16 autocast vs fp32 step time", "reported",
-                             f"{ratio['median']:.2f}x the fp32 time (best vs best {ratio['of_best']:.2f}x)", None))
-    ckpt = parts.get("checkpointing")
-    if ckpt:
-        rows.append(_row(f"Gradient checkpointing memory, {ckpt['model']}", "<= 50% of plain",
-                         f"{100 * ckpt['memory_ratio']:.0f}% ({_gib(ckpt['checkpointing_step_peak_bytes'])} vs "
-                         f"{_gib(ckpt['plain_step_peak_bytes'])} above the resident model + optimizer)",
-                         ckpt["memory_ratio"] <= 0.5))
-        rows.append(_row("Gradient checkpointing step time", "<= 1.35x",
-                         f"{ckpt['time_ratio']['median']:.2f}x", ckpt["time_ratio"]["median"] <= 1.35))
+    rows += train_rows(result) + compile_rows(result) + checkpointing_rows(result)
     scaling = parts.get("scaling")
+    scaling_rows = []
     if scaling:
         rates = scaling["images_per_s"]
         speedup = scaling["ddp_speedup_2_over_1"]
-        rows.append(_row(f"Scaling, DDP 2x1 thread vs 1x1 ({scaling['model']})", ">= 1.8x",
+        scaling_rows.append(_row(f"Scaling, DDP 2x1 thread vs 1x1 ({scaling['model']})", ">= 1.8x",
                          f"{speedup['median']:.2f}x ({rates['ddp_2']:.2f} vs {rates['ddp_1']:.2f} img/s; "
                          f"best vs best {speedup['of_best']:.2f}x)", speedup["median"] >= 1.8))
         if "zero2_over_ddp" in scaling:
@@ -78,13 +43,14 @@ def _figure_rows(parts: dict[str, Any]) -> list[str]:
             memory = scaling["per_rank_memory"]
             ddp_state = memory["ddp_2"][0]["optimizer_state_bytes"]
             zero_rank = memory["zero2_2"][0]
-            rows.append(_row("DeepSpeed ZeRO-2 vs DDP images/s (2 ranks)", "within 10%",
+            scaling_rows.append(_row("DeepSpeed ZeRO-2 vs DDP images/s (2 ranks)", "within 10%",
                              f"{zero['median']:.2f}x ({rates['zero2_2']:.2f} img/s); optimizer state per rank "
                              f"{zero_rank['optimizer_state_bytes'] / 2**20:.1f} MiB (+ fp32 master partition "
                              f"{zero_rank['master_partition_bytes'] / 2**20:.1f} MiB) vs DDP "
                              f"{ddp_state / 2**20:.1f} MiB", zero["median"] >= 0.9))
-    rows += _data_rows(parts.get("data"))
-    rows += _inference_rows(parts.get("inference"))
+    rows += [_with_note(r, load_note(result, "scaling")) for r in scaling_rows]
+    rows += [_with_note(r, load_note(result, "data")) for r in _data_rows(parts.get("data"))]
+    rows += [_with_note(r, load_note(result, "inference")) for r in _inference_rows(parts.get("inference"))]
     rows.append(_row("Time to accuracy (demo config to its AP target)", "reported",
                      f"`{DEMO_COMMAND}`: see README", None))
     return rows
@@ -105,6 +71,14 @@ DATA_MODES = (("warp_on_device", "pipeline_warp_on_device", "warp on the device 
               ("warp_in_worker", "pipeline", "warp in the worker (CPU training)"))
 
 
+def _with_note(table_row: str, note: str) -> str:
+    """A row with the part's under-load note appended to its Measured cell."""
+    if not note:
+        return table_row
+    head, _, verdict_cell = table_row.rstrip(" |").rpartition(" | ")
+    return f"{head}{note} | {verdict_cell} |"
+
+
 def _data_rows(data: dict | None) -> list[str]:
     """Per pairing and warp mode: (a)/(b) and (a)/(c), with the per-worker rates. (b) is always
     the raw loader as mmpose runs it: decode and warp on the CPU."""
@@ -116,11 +90,18 @@ def _data_rows(data: dict | None) -> list[str]:
     for pairing, figures in data.items():
         rates = figures["samples_per_s_per_worker"]
         for mode, rate_key, label in DATA_MODES:
-            ratios = figures[mode]
+            ratios, rate = figures[mode], rates[rate_key]
+            projection = ""
+            if "on_this_cpu" in ratios:  # the device is this CPU: its warp is timed and counted
+                projection = (f"; GPU projection (device warp free, untimed): {ratios['pipeline_vs_raw']:.2f}x, "
+                              f"{100 * ratios['pipeline_vs_decode']:.0f}%, (a) {rate:.0f} samples/s")
+                ratios, rate = ratios["on_this_cpu"], ratios["on_this_cpu"]["samples_per_s"]
+                label += f", device warp on this CPU ({figures['device_stage_cpu_ms_per_sample']:.1f} ms a sample, counted)"
             rows.append(_row(f"Data ({pairing}: {figures['source'].split(';')[0]}), {label}: (a) vs (b) raw "
                              "loader (decode + warp on the CPU)", ">= 3x",
-                             f"{ratios['pipeline_vs_raw']:.2f}x: (a) {rates[rate_key]:.0f}, "
-                             f"(b) {rates['raw_loader']:.0f} samples/s per worker", ratios["pipeline_vs_raw"] >= 3.0))
+                             f"{ratios['pipeline_vs_raw']:.2f}x: (a) {rate:.0f}, "
+                             f"(b) {rates['raw_loader']:.0f} samples/s per worker{projection}",
+                             ratios["pipeline_vs_raw"] >= 3.0))
             rows.append(_row(f"Data ({pairing}), {label}: (a) vs (c) decode-only", ">= 50%",
                              f"{100 * ratios['pipeline_vs_decode']:.0f}%: (c) {rates['decode_only']:.0f} "
                              f"samples/s", ratios["pipeline_vs_decode"] >= 0.5))
@@ -156,7 +137,7 @@ def _profile_section(train: dict) -> list[str]:
     lines += [f"| {name} | {100 * share:.1f}% |" for name, share in profile["by_layer_type"].items()]
     if profile.get("conv_only_gflops"):
         lines += ["", f"The convolutions alone (forward and backward) run at {profile['conv_only_gflops']:.1f} "
-                      "GFLOP/s: the gap to the peak is the time spent outside them."]
+                      "GFLOP/s inside the step (profiler self time)."]
     lines += ["", "| Op | Calls | Self CPU s | Share |", "|---|---|---|---|"]
     lines += [f"| `{op['op']}` | {op['calls']} | {op['self_cpu_s']:.3f} | {100 * op['share']:.1f}% |"
               for op in profile["top_ops"]]
@@ -207,13 +188,13 @@ def _data_samples_per_core(data: dict | None) -> float | None:
     return float(figures["samples_per_s_per_worker"]["pipeline_warp_on_device"])
 
 
-def render_markdown(result: dict) -> str:
+def render_markdown(result: dict, json_path: str = "bench.json") -> str:
     machine, parts = result["machine"], result["parts"]
     isa = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in machine["isa"].items())
     lines = ["# Benchmarks", "",
-             "Generated by `python -m trainer bench all --json bench.json --markdown docs/benchmarks.md` "
-             f"(preset `{result['preset']}`, {result.get('duration_s', 0) / 60:.1f} min); regenerate with "
-             "`python -m trainer.bench.report bench.json > docs/benchmarks.md`.", "",
+             f"Generated by {_command_text(result, json_path)} (preset `{result['preset']}`, "
+             f"{result.get('duration_s', 0) / 60:.1f} min) with `--markdown docs/benchmarks.md`; regenerate with "
+             "`python -m trainer.bench.report bench.json [more.json ...] [--readme README.md] > docs/benchmarks.md`.", "",
              "## Machine", "",
              f"- CPU: {machine['cpu_model']}, {machine['usable_cpus']} usable of {machine['logical_cpus']} "
              f"logical CPUs, {machine['memory_gib']} GiB memory, no GPU",
@@ -222,52 +203,26 @@ def render_markdown(result: dict) -> str:
              f"Python {machine['python']}, {machine['platform']}",
              f"- Date: {machine['date']}", "",
              "Each figure is the median of several runs after a warm-up; ratios are taken round by round "
-             "from interleaved runs (A B A B ...) and the median ratio is quoted. fp32 unless noted; one "
-             "intra-op thread per core.", "",
+             "from interleaved runs (A B A B ...) and the median ratio is quoted. fp32 unless noted; "
+             + (f"{result['threads_per_process']} intra-op thread(s) per benchmark process (`--threads`). "
+                if result.get("threads_per_process") else "one intra-op thread per core. ")
+             + "Every verdict is computed from the figure in its row.", "",
              "## Figures", ""]
-    lines += _figure_rows(parts)
+    lines += _figure_rows(result)
     lines += ["", "## Noise", ""] + _noise_lines(result) + [""]
     lines += [f"- Note: {note}" for note in result.get("notes", [])] + ([""] if result.get("notes") else [])
-    lines += _missed_notes(parts)
+    lines += _missed_notes(result)
+    lines += checkpointing_section(result) + conv_shape_section(result)
     if "train" in parts:
         lines += _profile_section(parts["train"])
     lines += _gpu_section(parts)
     return "\n".join(lines) + "\n"
 
 
-def _missed_notes(parts: dict[str, Any]) -> list[str]:
-    """Why a target was missed, from the figures of this run (the profile is the evidence)."""
-    notes = []
-    train = parts.get("train")
-    if train and train["efficiency"] < 0.75:
-        profile = train.get("profile", {})
-        shares = profile.get("by_layer_type", {})
-        conv = 100 * shares.get("conv", 0.0)
-        conv_rate = profile.get("conv_only_gflops")
-        notes.append(
-            f"- Training step at {100 * train['efficiency']:.0f}% of the convolution peak: the convolutions "
-            f"take {conv:.0f}% of the step's CPU time" + (f" and run at {conv_rate:.0f} GFLOP/s themselves"
-                                                          if conv_rate else "")
-            + "; the rest goes to memory-bound layers (BatchNorm forward/backward, ReLU, the residual adds, "
-              "nearest upsampling, max-pooling) and the optimizer, which move whole activation tensors "
-              "through memory for a few FLOPs each. Newell's pre-activation residual has three BN-ReLU pairs "
-              "per three convolutions, two of them on 128-channel tensors; backward convolutions are "
-              "also slower than the forward kernel the peak is measured on. Already applied: channels_last, "
-              "oneDNN (mkldnn) convolutions, one thread per core, in-place ReLU, no copies of the input. "
-              "What would close the gap is kernel fusion (BN folded into the convolution, BN+ReLU+add in one "
-              "pass: torch.compile/inductor), which this trainer does not do on CPU.")
-    if train and train["overhead"]["median"] > 1.05:
-        notes.append("- The paired full-vs-bare difference is within the run-to-run noise of multi-second "
-                     "steps on this shared machine (see the spread below); the parts the full step adds "
-                     "(normalisation, the codec's targets, the per-stack loss, the backend's gradient norm, "
-                     "logging) were therefore also timed alone, with many repeats, and that sum is the "
-                     "verdict. None of them scales with the model's FLOPs.")
-    ckpt = parts.get("checkpointing")
-    if ckpt and (ckpt["memory_ratio"] > 0.5 or ckpt["time_ratio"]["median"] > 1.35):
-        notes.append("- Gradient checkpointing keeps the stem, the merges and each stack's input, output "
-                     "and heatmaps, and the recomputation of one stack is alive during its backward: with "
-                     "few stacks or small inputs these fixed parts dominate. The recomputed forward costs "
-                     "about one third of a step (1.33x in theory); on a loaded machine the ratio is noisy.")
+def _missed_notes(result: dict) -> list[str]:
+    """Why a target was missed, from the figures of this run."""
+    parts = result["parts"]
+    notes = compute_notes(result)
     scaling = parts.get("scaling")
     if scaling and scaling["ddp_speedup_2_over_1"]["median"] < 1.8:
         notes.append("- DDP scaling below 1.8x: two ranks with one thread each occupy both cores of this "
@@ -280,7 +235,7 @@ def _missed_notes(parts: dict[str, Any]) -> list[str]:
                      "gradients in buckets from Python hooks, and copies gradients into its flat fp32 "
                      "partition and parameters back after the step; with gloo none of that overlaps.")
     notes += _data_notes(parts.get("data"))
-    return (["## Targets missed, and why", ""] + notes + [""]) if notes else []
+    return (["## Misses and decisions, from the figures above", ""] + notes + [""]) if notes else []
 
 
 def _warp_bound(figures: dict) -> str:
@@ -296,6 +251,15 @@ def _warp_bound(figures: dict) -> str:
 def _data_notes(data: dict | None) -> list[str]:
     """A missed (a)/(b) is bounded by (c)/(b): even free augmentation cannot beat decoding the crops."""
     notes = []
+    for pairing, figures in (data or {}).items():
+        on_cpu = figures.get("warp_on_device", {}).get("on_this_cpu") if isinstance(figures, dict) else None
+        if on_cpu and on_cpu["pipeline_vs_raw"] < 3.0:
+            stage_ms = figures["device_stage_cpu_ms_per_sample"]
+            notes.append(f"- Data, {pairing} pairing, warp on the device when the device is this CPU: the device "
+                         f"stage (warp + colour with grid_sample on one thread) costs {stage_ms:.1f} ms a sample, "
+                         f"{100 * stage_ms / (1e3 / on_cpu['samples_per_s']):.0f}% of the sample's time, so "
+                         f"(a)/(b) is {on_cpu['pipeline_vs_raw']:.2f}x here. That is why `data.warp_on: auto` keeps "
+                         "the warp in the workers on CPU; the GPU figures in the same rows are projections.")
     for pairing, figures in (data or {}).items():
         if "samples_per_s_per_worker" not in figures:
             continue
@@ -336,9 +300,14 @@ def _data_notes(data: dict | None) -> list[str]:
 
 
 def _noise_lines(result: dict) -> list[str]:
-    lines = ["Load average (1, 5, 15 min) before and after each part (other jobs shared the 2 cores):", ""]
+    lines = ["Per part: load average (1, 5, 15 min) before and after, and the share of the CPUs that other "
+             "processes used while it ran (from /proc/stat minus the benchmark's own CPU time; above "
+             "10% the part's figures are marked as taken under load):", ""]
     for part, load in result.get("load_average", {}).items():
-        lines.append(f"- {part}: {load['before']} -> {load['after']}")
+        share = load.get("others_cpu_share")
+        busy = " **under load**" if load.get("busy") else ""
+        lines.append(f"- {part}: {load['before']} -> {load['after']}"
+                     + (f", others {100 * share:.0f}% of the CPUs{busy}" if share is not None else ""))
     train = result["parts"].get("train")
     if train:
         lines.append(f"- run-to-run spread (slowest / fastest) of the bare training step: "
@@ -346,13 +315,74 @@ def _noise_lines(result: dict) -> list[str]:
     return lines
 
 
+def _command_text(result: dict, json_path: str) -> str:
+    """The command(s) that measured the result: one run, or one per part when runs were merged."""
+    parts = result.get("command_parts") or list(result.get("load_average", {})) or ["all"]
+    threads = f" --threads {result['threads_per_process']}" if result.get("threads_per_process") else ""
+    if len(parts) == 1:
+        return f"`python -m trainer bench {parts[0]}{threads} --json {json_path}`"
+    return (f"`python -m trainer bench <part>{threads} --json <part>.json` for each of {', '.join(parts)} (separate runs, "
+            f"merged by `python -m trainer.bench.report {json_path}`)")
+
+
+def readme_block(result: dict, json_path: str) -> str:
+    """The Figures table with the command that measured it, the machine and its load."""
+    machine = result["machine"]
+    busy = [part for part, load in result.get("load_average", {}).items() if load.get("busy")]
+    head = (f"Measured by {_command_text(result, json_path)} "
+            f"(preset `{result['preset']}`, {result.get('duration_s', 0) / 60:.0f} min) on {machine['date'][:10]}, "
+            f"{machine['cpu_model']}, {machine['usable_cpus']} cores, torch {machine['torch']}. "
+            + (f"**Taken under load** (other processes used more than 10% of the CPUs) in: {', '.join(busy)}; "
+               "those rows say so. " if busy else "No part ran under load. ")
+            + "Details, tables and the reasons for each miss: [docs/benchmarks.md](docs/benchmarks.md).")
+    return "\n".join([README_BEGIN, head, "", *_figure_rows(result), README_END])
+
+
+def rewrite_readme(path: str, result: dict, json_path: str) -> None:
+    """Replace the marker-delimited block of `path` with this result's table."""
+    with open(path) as handle:
+        text = handle.read()
+    start, end = text.find(README_BEGIN), text.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"{path}: no {README_BEGIN!r} ... {README_END!r} block to rewrite")
+    text = text[:start] + readme_block(result, json_path) + text[end + len(README_END):]
+    with open(path, "w") as handle:
+        handle.write(text)
+
+
+def merge_results(results: list[dict]) -> dict:
+    """Parts of separate runs as one result: later files add their parts, load records and notes."""
+    merged = {**results[0], "parts": dict(results[0]["parts"]), "load_average": dict(results[0]["load_average"]),
+              "notes": list(results[0].get("notes", [])), "command_parts": list(results[0].get("command_parts", [])),
+              "part_dates": {part: results[0]["machine"]["date"] for part in results[0]["parts"]}}
+    for other in results[1:]:
+        merged["part_dates"].update({part: other["machine"]["date"] for part in other["parts"]})
+        merged["parts"].update(other["parts"])
+        merged["load_average"].update(other["load_average"])
+        merged["notes"] += [n for n in other.get("notes", []) if n not in merged["notes"]]
+        merged["command_parts"] += other.get("command_parts", [])
+        merged["duration_s"] = merged.get("duration_s", 0) + other.get("duration_s", 0)
+    return merged
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print(__doc__.strip().splitlines()[-1], file=sys.stderr)
+    args = list(sys.argv[1:] if argv is None else argv)
+    readme = None
+    if "--readme" in args:
+        index = args.index("--readme")
+        readme = args[index + 1] if index + 1 < len(args) else None
+        del args[index:index + 2]
+    if not args or readme == "":
+        print(__doc__.strip().splitlines()[-2], file=sys.stderr)
         return 2
-    with open(args[0]) as handle:
-        sys.stdout.write(render_markdown(json.load(handle)))
+    results = []
+    for path in args:
+        with open(path) as handle:
+            results.append(json.load(handle))
+    result = merge_results(results)
+    sys.stdout.write(render_markdown(result, " ".join(args)))
+    if readme:
+        rewrite_readme(readme, result, " ".join(args))
     return 0
 
 

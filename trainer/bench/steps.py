@@ -2,25 +2,29 @@
 
 `TrainingStep` does what one iteration of train.py's loop does (uint8 images normalised on the
 device, targets made from keypoints by the codec, autocast, model, loss on every stack, backend
-backward and step, the logging work); `bare_step` is the plain forward/backward/optimizer step
+backward and step, the per-step stop/non-finite vote through dist.all_reduce_sum, and on logging
+steps the progress line and a metrics.jsonl record written through tracking's LocalMetrics); `bare_step` is the plain forward/backward/optimizer step
 of the same model that the framework overhead is measured against. Keep `TrainingStep.__call__`
 in line with the body of the loop in trainer/train.py.
 """
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
 import os
+import tempfile
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from trainer import dist
 from trainer.backends import Backend
 from trainer.model.codec import HeatmapCodec
 from trainer.model import StackedHourglass
 from trainer.progress import Throughput
 from trainer.step import micro_batch_loss
+from trainer.tracking.base import LocalMetrics
 
 NUM_KEYPOINTS = 17  # COCO
 HEATMAP_STRIDE = 4
@@ -38,16 +42,23 @@ class ModelShape:
         return f"{self.stacks}x{self.features} @ {self.input_size}px, batch {self.batch}"
 
 
+THREADS_ENV = "POSEFORGE_BENCH_THREADS"  # set by `bench --threads N`; inherited by the workers
+
+
 def use_all_cores() -> int:
-    """One intra-op thread per core this process may run on (torch's default can differ)."""
+    """One intra-op thread per core this process may run on (torch's default can differ), or
+    `bench --threads N`: on a machine other jobs oversubscribe, threads that wait for each other
+    at every barrier lose more than they gain, and one thread per benchmark is steadier."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(cores)
-    return cores
+    threads = int(os.environ.get(THREADS_ENV, 0)) or cores
+    torch.set_num_threads(threads)
+    return threads
 
 
-def build_model(shape: ModelShape, channels_last: bool, checkpointing: bool = False) -> StackedHourglass:
+def build_model(shape: ModelShape, channels_last: bool, checkpointing: bool = False,
+                checkpoint_stacks: int | None = None) -> StackedHourglass:
     model = StackedHourglass(NUM_KEYPOINTS, shape.stacks, shape.features, shape.depth,
-                             gradient_checkpointing=checkpointing)
+                             gradient_checkpointing=checkpointing, checkpoint_stacks=checkpoint_stacks)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model.train()
@@ -100,6 +111,8 @@ class TrainingStep:
         self.log_sink = io.StringIO()  # the progress line is formatted as in training, not printed
         self.calls = 0
         self.stacks = shape.stacks
+        self._metrics_dir = tempfile.TemporaryDirectory(prefix="poseforge-bench-metrics-")
+        self.metrics = LocalMetrics(self._metrics_dir.name)
 
     def __call__(self, batch: dict[str, Tensor]) -> None:
         backend, device = self.backend, self.device
@@ -112,6 +125,8 @@ class TrainingStep:
         stack_sum += per_stack.detach()
         stats = backend.step()
         self.calls += 1
+        votes = torch.stack([torch.zeros((), device=device), (~torch.isfinite(loss_sum)).float()])
+        dist.all_reduce_sum(votes).tolist()  # the loop's one collective per step (and its sync)
         if self.calls % self.log_every == 0:
             self._log(loss_sum, stack_sum, stats.grad_norm)
 
@@ -123,3 +138,4 @@ class TrainingStep:
             metrics[f"train/loss_stack{index}"] = value
         self.log_sink.seek(0)
         self.log_sink.write(" ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        self.metrics.log_metrics(metrics, self.calls)

@@ -3,9 +3,11 @@ and collects their figures into one JSON document (medians of several runs after
 ratios measured side by side in interleaved rounds). The command line is in cli.py.
 
 Parts:
-  train          convolution peak, training-step GFLOP/s against it, framework overhead,
-                 bf16 vs fp32, and a torch.profiler summary of the step
-  checkpointing  peak step memory and step time with and without gradient checkpointing
+  train          the convolution rate at the model's own layer shapes (fp32, bf16; forward and
+                 forward + backward), the training step as a share of it (MFU), framework
+                 overhead (full loop step vs bare step), bf16 vs fp32, a torch.profiler summary
+  compile        torch.compile vs eager: compile time, then steady-state step-time ratio
+  checkpointing  peak step memory and step time per checkpointing setting (none, k stacks, all)
   scaling        torchrun: 1 vs 2 ranks (DDP, gloo), DeepSpeed ZeRO-2, one thread per rank
   data           the data-pipeline figures (data.py)
   inference      images/s of the registered-model package: pyfunc and `mlflow models serve` (inference.py)
@@ -19,23 +21,26 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from trainer.bench.steps import ModelShape
+from trainer.bench.steps import THREADS_ENV, ModelShape
+from trainer.bench.timing import LoadMonitor, busy_warning
 
 
-PARTS = ("train", "checkpointing", "scaling", "data", "inference")
+PARTS = ("train", "compile", "checkpointing", "scaling", "data", "inference")
 
 
 @dataclass(frozen=True)
 class Preset:
     """Sizes and repeat counts of one run of the suite."""
 
-    peak_shapes: list[tuple[int, int, int]]  # (channels, side, batch) of the 3x3 convolution
-    peak_repeats: int
     train: ModelShape
     train_repeats: int
-    checkpointing: ModelShape
-    checkpointing_rounds: int
-    checkpointing_steps: int
+    sweep_repeats: int  # per distinct convolution shape and round (the median is used)
+    compile: ModelShape
+    compile_repeats: int
+    checkpointing: ModelShape  # its batch is replaced by each of checkpointing_batches
+    checkpointing_batches: list[int]
+    checkpointing_rounds: int  # interleaved step-time rounds (memory: one process per setting)
+    checkpointing_steps: int  # timed steps per memory process (for reference)
     scaling: ModelShape
     scaling_rounds: int
     scaling_steps: int
@@ -47,26 +52,42 @@ class Preset:
     data_workers: int = 1  # DataLoader processes of the "delivered to the trainer" figures
     inference: ModelShape = ModelShape(8, 256, 256, 8)  # the COCO recipe's model; batch = images per call
     inference_rounds: int = 3
+    compile_backend: str = "inductor"
+    compile_dtypes: tuple[str, ...] = ("fp32", "bf16")  # bf16 only where the CPU has it natively
     notes: list[str] = field(default_factory=list)
 
 
 PRESETS = {
-    # The issue's sizes (scaling on a smaller model for time's sake): ~10-15 minutes on 2 cores.
-    "full": Preset(peak_shapes=[(256, 64, 8), (128, 64, 8), (256, 32, 16)], peak_repeats=5,
-                   train=ModelShape(8, 256, 256, 4), train_repeats=5,
-                   checkpointing=ModelShape(8, 256, 256, 8), checkpointing_rounds=2, checkpointing_steps=2,
-                   scaling=ModelShape(2, 128, 256, 4), scaling_rounds=2, scaling_steps=6),
-    # Everything smaller: `all` in ~2-3 minutes.
-    "quick": Preset(peak_shapes=[(128, 32, 4)], peak_repeats=3,
-                    train=ModelShape(2, 64, 128, 2), train_repeats=3,
-                    checkpointing=ModelShape(4, 64, 128, 4), checkpointing_rounds=1, checkpointing_steps=2,
+    # The recipe's model (8x256 @ 256 px). Checkpointing at 128 px input: activations and FLOPs
+    # both scale with the pixels, so the ratios are those of 256 px at a quarter of the time;
+    # compile on the demo's model (2x64 @ 128 px, batch 16: the CPU use case), since inductor
+    # takes many minutes for 8 stacks on 2 cores. Scaling on a smaller model for time's sake.
+    "full": Preset(train=ModelShape(8, 256, 256, 4), train_repeats=5, sweep_repeats=3,
+                   compile=ModelShape(2, 64, 128, 16), compile_repeats=5, compile_dtypes=("bf16",),
+                   checkpointing=ModelShape(8, 256, 128, 8), checkpointing_batches=[8, 16],
+                   checkpointing_rounds=5, checkpointing_steps=1,
+                   scaling=ModelShape(2, 128, 256, 4), scaling_rounds=2, scaling_steps=6,
+                   notes=["checkpointing runs the recipe's 8x256 model at 128 px input: activations and "
+                          "FLOPs both scale with the pixels, so its memory and time ratios are those of 256 px "
+                          "at a quarter of the time",
+                          "compile runs the demo's model (2x64 @ 128 px, batch 16) in bf16, the demo's precision "
+                          "on CPUs with native bf16 (the CPU use case); inductor did not finish compiling the "
+                          "8x256 model within 10 minutes on this VM under load"]),
+    # Everything smaller: `all` in a few minutes.
+    "quick": Preset(train=ModelShape(2, 64, 128, 2), train_repeats=3, sweep_repeats=3,
+                    compile=ModelShape(1, 32, 64, 4), compile_repeats=3,
+                    checkpointing=ModelShape(4, 64, 128, 4), checkpointing_batches=[4, 8],
+                    checkpointing_rounds=1, checkpointing_steps=2,
                     scaling=ModelShape(1, 64, 128, 2), scaling_rounds=1, scaling_steps=3, scaling_warmup=1,
                     data_images=40, data_samples=64, data_repeats=2, data_workers=1,
                     inference=ModelShape(2, 64, 256, 4), inference_rounds=2),
-    # Seconds: for the test suite (checks that every part runs and writes its keys).
-    "smoke": Preset(peak_shapes=[(32, 16, 2)], peak_repeats=2,
-                    train=ModelShape(1, 16, 64, 2), train_repeats=2,
-                    checkpointing=ModelShape(2, 16, 64, 2), checkpointing_rounds=1, checkpointing_steps=1,
+    # Seconds: for the test suite (checks that every part runs and writes its keys). Its compile
+    # part uses aot_eager (tracing, no code generation): inductor would take minutes cold.
+    "smoke": Preset(train=ModelShape(1, 16, 64, 2), train_repeats=2, sweep_repeats=1,
+                    compile=ModelShape(1, 8, 64, 2, depth=1), compile_repeats=2, compile_backend="aot_eager",
+                    compile_dtypes=("fp32",),
+                    checkpointing=ModelShape(1, 16, 64, 2), checkpointing_batches=[2],
+                    checkpointing_rounds=1, checkpointing_steps=1,
                     scaling=ModelShape(1, 16, 64, 2), scaling_rounds=1, scaling_steps=2, scaling_warmup=1,
                     with_deepspeed=False, data_images=16, data_samples=16, data_repeats=1, data_workers=1,
                     inference=ModelShape(1, 16, 256, 2), inference_rounds=1),
@@ -103,10 +124,6 @@ def machine_info() -> dict:
         "python": platform.python_version(), "platform": platform.platform(),
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
-
-
-def _load() -> list[float]:
-    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else []
 
 
 # (name, config file, stored crop max side): the two pairings the project uses
@@ -163,14 +180,17 @@ def _run_data(preset: Preset) -> dict:
 def run_part(part: str, preset: Preset) -> dict:
     """Measure one part; returns {name: figures} (train also returns the peak)."""
     if part == "train":
-        from trainer.bench.compute import measure_peak, measure_train
-        peak = measure_peak(preset.peak_shapes, preset.peak_repeats)
-        return {"peak": peak, "train": measure_train(preset.train, preset.train_repeats, peak,
-                                                     with_bf16=True, profile=True)}
+        from trainer.bench.compute import measure_train
+        return {"train": measure_train(preset.train, preset.train_repeats, with_bf16=True, profile=True,
+                                       sweep_repeats=preset.sweep_repeats)}
+    if part == "compile":
+        from trainer.bench.compiled import measure_compile
+        return {"compile": measure_compile(preset.compile, preset.compile_repeats, preset.compile_backend,
+                                                   preset.compile_dtypes)}
     if part == "checkpointing":
-        from trainer.bench.compute import measure_checkpointing
-        return {"checkpointing": measure_checkpointing(preset.checkpointing, preset.checkpointing_rounds,
-                                                       preset.checkpointing_steps)}
+        from trainer.bench.checkpointing import measure_checkpointing
+        return {"checkpointing": measure_checkpointing(preset.checkpointing, preset.checkpointing_batches,
+                                                       preset.checkpointing_rounds, preset.checkpointing_steps)}
     if part == "scaling":
         from trainer.bench.scaling import measure_scaling
         return {"scaling": measure_scaling(preset.scaling, preset.scaling_rounds, preset.scaling_warmup,
@@ -188,14 +208,17 @@ def run_suite(parts: list[str], preset_name: str, log=print, save=None) -> dict:
     preset = PRESETS[preset_name]
     started = time.perf_counter()
     result: dict = {"machine": machine_info(), "preset": preset_name, "preset_sizes": asdict(preset),
-                    "parts": {}, "load_average": {}}
+                    "parts": {}, "load_average": {}, "notes": list(preset.notes),
+                    "threads_per_process": int(os.environ.get(THREADS_ENV, 0)) or None}  # None: one per core
     for part in parts:
         log(f"[bench] {part} ({preset_name}) ...")
         part_start = time.perf_counter()
-        load_before = _load()
+        monitor = LoadMonitor()
         result["parts"].update(run_part(part, preset))
-        result["load_average"][part] = {"before": load_before, "after": _load()}
+        result["load_average"][part] = load = monitor.finish()
         log(f"[bench] {part} done in {time.perf_counter() - part_start:.0f} s")
+        if warning := busy_warning(part, load):
+            log(warning)
         result["duration_s"] = time.perf_counter() - started
         if save is not None:
             save(result)

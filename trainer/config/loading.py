@@ -279,6 +279,11 @@ def validate(config: Config, source: str, origins: dict[str, str] | None = None)
     for dotted, ok, message in checks:
         if not ok:
             fail(dotted, message)
+    if config.model.checkpoint_stacks is not None and not 0 <= config.model.checkpoint_stacks <= config.model.stacks:
+        fail("model.checkpoint_stacks", f"must be between 0 and model.stacks ({config.model.stacks}), or null (all)")
+    if config.model.compile is True and config.dist.zero_stage == 3:
+        fail("model.compile", "is not supported with ZeRO-3 (its parameter hooks run inside the traced "
+             "forward); use model.compile=false or auto")
     if config.dist.zero_stage and config.dist.backend != "deepspeed":
         fail("dist.zero_stage", "needs dist.backend=deepspeed")
 

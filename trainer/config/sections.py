@@ -20,7 +20,14 @@ class ModelConfig:
     input_size: list[int] = field(default_factory=lambda: [256, 256])  # width, height
     heatmap_stride: int = 4
     gradient_checkpointing: bool = False
+    # with gradient_checkpointing: recompute only the first k stacks (fewer = faster, more memory);
+    # null = all stacks. Table of memory vs step time per k: docs/benchmarks.md
+    checkpoint_stacks: Optional[int] = None
     channels_last: bool = True
+    # torch.compile (in place, before DDP/DeepSpeed wrap it): auto = on with CUDA, off on CPU
+    # (measured: docs/benchmarks.md); the first step pays the compilation
+    compile: Literal["auto", True, False] = "auto"
+    compile_backend: str = "inductor"  # aot_eager: trace without code generation (tests, debugging)
 
 
 @dataclass

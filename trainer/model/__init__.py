@@ -10,4 +10,5 @@ __all__ = ["StackedHourglass", "build_model", "count_parameters", "forward_flops
 def build_model(config: Config, num_keypoints: int) -> StackedHourglass:
     return StackedHourglass(num_keypoints=num_keypoints, num_stacks=config.model.stacks,
                             num_features=config.model.features, depth=config.model.depth,
-                            gradient_checkpointing=config.model.gradient_checkpointing)
+                            gradient_checkpointing=config.model.gradient_checkpointing,
+                            checkpoint_stacks=config.model.checkpoint_stacks)

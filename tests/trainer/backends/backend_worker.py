@@ -22,6 +22,8 @@ from trainer import dist
 from trainer.backends import make_backend
 from trainer.checkpoint import CheckpointManager
 from trainer.config import Config
+from trainer.model import StackedHourglass
+from trainer.model.compiling import compile_in_place
 from tests.testlib import launch_env, torchrun_command
 
 
@@ -55,9 +57,10 @@ def batch(rank: int, index: int, size: int = 4) -> tuple[torch.Tensor, torch.Ten
     return images, torch.tanh(images[:, :2] * 0.5)  # a learnable target
 
 
-def build(config: Config, world, device, seed: int = 0, optimizer: str = "adam", lr: float = 1e-2):
+def build(config: Config, world, device, seed: int = 0, optimizer: str = "adam", lr: float = 1e-2,
+          model: nn.Module | None = None):
     torch.manual_seed(seed)
-    model = TinyNet()
+    model = TinyNet() if model is None else model
     opt = (torch.optim.Adam(model.parameters(), lr=lr) if optimizer == "adam"
            else torch.optim.SGD(model.parameters(), lr=lr))
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (1 + 0.1 * step))
@@ -214,6 +217,41 @@ def scenario_deepspeed(world, device, out: Path) -> dict:
         expected = {k: list(v.shape) for k, v in TinyNet().state_dict().items()}
         if world.is_main:
             assert result[f"zero{stage}"]["shapes"] == expected
+    return result
+
+
+def tiny_hourglass(compiled: bool) -> nn.Module:
+    """The smallest Stacked Hourglass with two checkpointed stacks; compiled in place as train.py
+    does it, with aot_eager (Dynamo + AOT autograd, no code generation: inductor's numerics are
+    tested in tests/trainer/model/test_compile.py, and compiling with it would take minutes here)."""
+    torch.manual_seed(0)
+    model = StackedHourglass(num_keypoints=2, num_stacks=2, num_features=8, depth=1, gradient_checkpointing=True)
+    return compile_in_place(model, "aot_eager") if compiled else model
+
+
+def scenario_compile(world, device, out: Path) -> dict:
+    """Eager vs compiled under DDP (fp32, bf16 autocast) and DeepSpeed ZeRO-2: same losses and weights."""
+    result = {}
+    for name, changes in {"ddp": {}, "ddp_bf16": {"dtype": "bf16"},
+                          "zero2": {"backend": "deepspeed", "zero_stage": 2}}.items():
+        runs = {}
+        for compiled in (False, True):
+            config = make_config(**changes)
+            backend, _, _ = build(config, world, device, model=tiny_hourglass(compiled))
+            losses = []
+            for step in range(3):
+                images, _ = batch(world.rank, step, config.data.batch_size)
+                with backend.autocast():
+                    output = backend.model(backend.cast_inputs(images))
+                loss = (output.float() - 0.1).square().mean()
+                backend.backward(loss, True)
+                backend.step()
+                losses.append(loss.item())
+            runs[compiled] = (losses, flat_params(backend.unwrapped))
+        (eager_losses, eager_weights), (compiled_losses, compiled_weights) = runs[False], runs[True]
+        result[name] = {"eager_losses": eager_losses, "compiled_losses": compiled_losses,
+                        "weight_max_diff": float((compiled_weights - eager_weights).abs().max()),
+                        "weights": compiled_weights.tolist()[:50]}
     return result
 
 

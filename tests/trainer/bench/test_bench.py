@@ -7,7 +7,7 @@ import json
 import pytest
 
 from trainer.bench.cli import add_bench_parser, run_bench
-from trainer.bench.report import render_markdown
+from trainer.bench.report import README_BEGIN, README_END, merge_results, render_markdown, rewrite_readme
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -16,30 +16,42 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def test_train_and_checkpointing_write_their_figures(tmp_path):
-    out, doc = tmp_path / "bench.json", tmp_path / "benchmarks.md"
-    for part in ("train", "checkpointing"):
+def test_compute_parts_write_their_figures(tmp_path):
+    out = tmp_path / "bench.json"
+    parts = ("train", "compile", "checkpointing")
+    results = {}
+    for part in parts:
         assert run_bench(_parse(["bench", part, "--preset", "smoke", "--json", str(out)])) == 0
-        result = json.loads(out.read_text())
-        assert result["preset"] == "smoke" and result["machine"]["torch"]
-        assert set(result["load_average"]) == {part}
-        if part == "train":
-            train = result["parts"]["train"]
-            assert result["parts"]["peak"]["gflops"] > 0
-            for key in ("gflops", "efficiency", "overhead", "bf16", "profile", "bare_step", "full_step"):
-                assert key in train
-            assert train["train_flops_per_step"] > 0 and train["profile"]["top_ops"]
-            assert len(train["bare_step"]["runs_s"]) == 2
-            train_result = result
-        else:
-            ckpt = result["parts"]["checkpointing"]
-            assert ckpt["plain_step_peak_bytes"] > 0 and ckpt["checkpointing_step_peak_bytes"] > 0
-            assert ckpt["memory_ratio"] > 0 and ckpt["time_ratio"]["median"] > 0
-    train_result["parts"].update(result["parts"])
-    markdown = render_markdown(train_result)
-    for figure in ("Convolution peak", "Training step", "Framework overhead", "bf16", "checkpointing memory",
-                   "Time to accuracy", "On paper, for GPUs", "amx_bf16"):
-        assert figure in markdown
+        results[part] = json.loads(out.read_text())
+        assert results[part]["preset"] == "smoke" and results[part]["machine"]["torch"]
+        load = results[part]["load_average"][part]
+        assert set(load) == {"before", "after", "others_cpu_share", "busy"}
+    train = results["train"]["parts"]["train"]
+    assert train["conv_rates"]["fp32"]["train"]["gflops"] > 0 and train["conv_rates"]["fp32"]["forward"]["gflops"] > 0
+    assert 0 < train["mfu"]["fp32"]["median"] and len(train["mfu"]["fp32"]["rounds"]) == 2
+    assert train["overhead"]["median"] > 0 and train["profile"]["top_ops"] and train["per_shape_fp32_train"]
+    compiled = results["compile"]["parts"]["compile"]
+    assert compiled["backend"] == "aot_eager" and compiled["fp32"]["first_step_s"] > 0
+    assert compiled["fp32"]["time_ratio_compiled_over_eager"]["median"] > 0
+    ckpt = results["checkpointing"]["parts"]["checkpointing"]
+    assert ckpt["settings"] == [0, 1] and set(ckpt["tables"]) == {"2"}
+    for table in ckpt["tables"].values():
+        assert table["rows"]["0"]["memory_ratio"] == 1.0 and table["rows"]["1"]["step_peak_bytes"] > 0
+        assert isinstance(table["all_stacks_met"], bool) and isinstance(table["cheap_setting_met"], bool)
+    merged = merge_results([results[part] for part in parts])  # separate runs, one report
+    assert set(merged["parts"]) == set(parts) and merged["command_parts"] == list(parts)
+    merged["load_average"]["compile"].update(busy=True, others_cpu_share=0.5)  # how a busy part reads
+    markdown = render_markdown(merged)
+    for figure in ("own layer shapes", "model FLOP utilisation", "Framework overhead", "torch.compile (aot_eager)",
+                   "Gradient checkpointing, all stacks", "memory vs step time", "Time to accuracy",
+                   "On paper, for GPUs", "amx_bf16", "under load: other processes used 50%"):
+        assert figure in markdown, figure
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_BEGIN}\nold table\n{README_END}\noutro\n")
+    rewrite_readme(str(readme), merged, "bench.json")
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old table" not in text
+    assert "for each of train, compile, checkpointing" in text and "model FLOP utilisation" in text and "**Taken under load**" in text
 
 
 def test_unknown_part_is_refused():
