@@ -12,7 +12,6 @@ annotations/gt_valid.mat in the evaluation file's layout, and all of them to the
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 from typing import Any
 
@@ -20,7 +19,7 @@ import cv2
 import numpy as np
 
 from .schema import COCO17, MPII16
-from .write import ignore_sigint
+from .write import worker_pool
 from .synth_figure import (J, Difficulty, add_grain, background, draw_figure, draw_occluder,
                            ear_hidden, random_pose)
 
@@ -117,7 +116,7 @@ def _render_split(out: str, seed: int, split: str, count: int, difficulty: Diffi
     tasks = [(seed, split, i, difficulty.level, paths[i]) for i in range(count)]
     if workers <= 1 or count < 8:
         return [_render_task(t) for t in tasks]
-    with mp.get_context("spawn").Pool(workers, initializer=ignore_sigint) as pool:
+    with worker_pool(workers) as pool:
         return list(pool.imap(_render_task, tasks, chunksize=4))
 
 

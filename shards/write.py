@@ -36,9 +36,16 @@ PROGRESS_DIR = ".progress"
 THROTTLE_ENV = "POSEFORGE_SHARDS_THROTTLE_S"
 
 
-def ignore_sigint() -> None:
-    """Pool workers leave Ctrl-C to the parent, which stops them: one line, not one traceback each."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def worker_pool(workers: int) -> "mp.pool.Pool":
+    """A spawn pool whose workers leave Ctrl-C to the parent, which stops them: one line, not one
+    traceback each. SIGINT is ignored while the workers start, so they inherit SIG_IGN across the
+    exec (Python keeps an ignored SIGINT): a Ctrl-C while a worker still imports its modules,
+    before any initializer could run, stays silent too."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return mp.get_context("spawn").Pool(workers)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def shard_name(index: int) -> str:
@@ -199,7 +206,7 @@ def write_shards(records: Iterable[InstanceRecord], out_dir: str, *, dataset: st
             side = _write_shard(task)
             bar.update(len(task["records"]))
     else:
-        with mp.get_context("spawn").Pool(workers, initializer=ignore_sigint) as pool:
+        with worker_pool(workers) as pool:
             for side in pool.imap_unordered(_write_shard, tasks()):
                 bar.update(side["samples"] + sum(side["skipped"].values()))
     bar.close()
