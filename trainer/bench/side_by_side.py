@@ -1,7 +1,7 @@
 """`bench data` for two checkouts side by side: the same synthetic shards, the builds alternating
 run by run (each run one process, one core for OpenCV and torch), load average noted per run.
 
-    python benchmarks/data_side_by_side.py --old ../old-checkout --new . --json out.json
+    python -m trainer.bench.side_by_side --old ../old-checkout --new . --json out.json
 
 With --clock cpu the rates are per CPU second of the one process (the machine's other load does
 not inflate them), per worker only. Each run is trainer.bench.data.run_data_benchmark of that checkout on both pairings of
