@@ -17,6 +17,7 @@ images="${DEMO_IMAGES:-800}"
 val_images="${DEMO_VAL_IMAGES:-100}"
 nproc="${NPROC:-2}"
 start=$(date +%s)
+mkdir -p demo
 step() { echo; echo "== $* ($(( $(date +%s) - start )) s)"; }
 
 step "1/5 synthetic COCO-format data set ($images train / $val_images val images, difficulty ${DEMO_DIFFICULTY:-easy})"
@@ -48,5 +49,8 @@ $py -m trainer predict --model "models:/poseforge-demo@champion" \
   --tracking-uri "sqlite:///demo/run/mlflow.db" \
   --boxes demo/data/annotations/person_detections_val.json \
   --images $(ls demo/data/images/val/*.jpg | head -3) --out demo/predictions --overwrite
-step "done: $(( $(date +%s) - start )) s in all; best checkpoint $best"
+total=$(( $(date +%s) - start ))
+# the chain's clock, for python -m trainer.bench.time_to_accuracy (AP after each eval vs wall time)
+printf '{"started_at": %s, "seconds": %s}\n' "$start" "$total" > demo/chain.json
+step "done: $total s in all; best checkpoint $best"
 echo "browse the run: .venv/bin/mlflow ui --backend-store-uri sqlite:///demo/run/mlflow.db"

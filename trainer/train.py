@@ -155,6 +155,7 @@ def _train(config: Config, world: dist.WorldInfo, device: torch.device,
             batches = iter(build_train_loader(config, world.rank, world.world_size, epoch,
                                               start_batch=state["batch_in_epoch"]))
             data_errors = DataErrorTally()
+            epoch_start = time.perf_counter()
             while state["batch_in_epoch"] < epoch_batches:
                 loss_sum = torch.zeros((), device=device)
                 stack_sum = torch.zeros(config.model.stacks, device=device)
@@ -225,16 +226,22 @@ def _train(config: Config, world: dist.WorldInfo, device: torch.device,
                 break
 
             state["epoch"], state["batch_in_epoch"] = epoch + 1, 0
+            # wall time of the (possibly resumed) epoch and of its evaluation: the eval's share
+            tracker.log_metrics({"time/epoch_seconds": time.perf_counter() - epoch_start}, state["step"])
             metric, new_best = None, False
             if eval_due:
+                eval_start = time.perf_counter()
                 predictions_path = os.path.join(config.output_dir, "eval", f"predictions_{state['step']:08d}.json")
                 if world.is_main:
                     os.makedirs(os.path.dirname(predictions_path), exist_ok=True)
                 try:
                     last_eval = evaluate(backend, config, world, device, codec, schema,
                                          shards=config.data.val_shards, out_path=predictions_path)
-                    progress.message("eval " + " ".join(f"{k} {v:.4f}" for k, v in last_eval.items() if "/" not in k))
+                    eval_seconds = time.perf_counter() - eval_start
+                    progress.message("eval " + " ".join(f"{k} {v:.4f}" for k, v in last_eval.items() if "/" not in k)
+                                     + f" ({eval_seconds:.1f} s)")
                     tracker.log_eval(last_eval, state["step"], predictions_path=predictions_path)
+                    tracker.log_metrics({"time/eval_seconds": eval_seconds}, state["step"])
                 except IncompleteEvaluation as incomplete:
                     # No metric rather than a wrong one; training (and checkpointing) goes on.
                     last_eval = {}

@@ -249,6 +249,14 @@ def test_ddp_trains_checkpoints_and_evaluates(plain_run: Run, shards: Path):
     val_count = json.loads((shards / "val" / "manifest.json").read_text())["num_samples"]
     assert len({r["key"] for r in records}) == len(records) == val_count
 
+    # The wall time of each epoch and of the evaluation (what an eval's share of an epoch is read from).
+    epoch_times = [(r["step"], r["time/epoch_seconds"]) for r in plain_run.records() if "time/epoch_seconds" in r]
+    assert [step for step, _ in epoch_times] == [STEPS_PER_EPOCH, TOTAL_STEPS]
+    assert all(seconds > 0 for _, seconds in epoch_times)
+    eval_times = [(r["step"], r["time/eval_seconds"]) for r in plain_run.records() if "time/eval_seconds" in r]
+    assert len(eval_times) == 1 and eval_times[0][0] == TOTAL_STEPS and eval_times[0][1] > 0
+    assert re.search(r"^\[poseforge\] eval AP .* \(\d+\.\d s\)$", plain_run.log, re.M)
+
 
 def test_eval_cli_on_a_checkpoint_and_on_the_trainers_coco_results(plain_run: Run, shards: Path, tmp_path):
     out = tmp_path / "preds.json"

@@ -1,4 +1,4 @@
-"""python -m trainer bench <data|train|compile|checkpointing|scaling|inference|all> --json out.json [--quick]
+"""python -m trainer bench <data|train|compile|checkpointing|scaling|inference|evaluation|all> --json out.json [--quick]
 
 The benchmark suite: each part writes its figures into one JSON document (medians of several
 runs after a warm-up, ratios measured side by side in interleaved rounds). `--markdown PATH`

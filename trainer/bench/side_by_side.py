@@ -63,11 +63,12 @@ def main() -> int:
     parser.add_argument("--json", required=True)
     args = parser.parse_args()
     sys.path.insert(0, str(args.new.resolve()))
-    from trainer.bench.suite import DATA_PAIRINGS, _synthetic_coco_shards
+    from trainer.bench.suite import DATA_PAIRINGS
+    from trainer.bench.synthetic import synthetic_coco_shards
 
     runs: dict[str, dict[str, list]] = {name: {"old": [], "new": []} for name, _, _ in DATA_PAIRINGS}
     with tempfile.TemporaryDirectory(prefix="data-side-by-side-") as scratch:
-        shard_dirs, coco_root = _synthetic_coco_shards(Path(scratch), args.images,
+        shard_dirs, coco_root = synthetic_coco_shards(Path(scratch), args.images,
                                                        sorted({side for _, _, side in DATA_PAIRINGS}))
         for round_number in range(args.rounds):
             order = ("old", "new") if round_number % 2 == 0 else ("new", "old")

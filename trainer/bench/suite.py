@@ -11,6 +11,8 @@ Parts:
   scaling        torchrun: 1 vs 2 ranks (DDP, gloo), DeepSpeed ZeRO-2, one thread per rank
   data           the data-pipeline figures (data.py)
   inference      images/s of the registered-model package: pyfunc and `mlflow models serve` (inference.py)
+  evaluation     evaluation samples/s with and without flip test, predict images/s, an eval sample's
+                 cost in training samples (the demo's model and data; evaluation.py)
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from trainer.bench.steps import THREADS_ENV, ModelShape
 from trainer.bench.timing import LoadMonitor, busy_warning
 
 
-PARTS = ("train", "compile", "checkpointing", "scaling", "data", "inference")
+PARTS = ("train", "compile", "checkpointing", "scaling", "data", "inference", "evaluation")
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ class Preset:
     data_workers: int = 1  # DataLoader processes of the "delivered to the trainer" figures
     inference: ModelShape = ModelShape(8, 256, 256, 8)  # the COCO recipe's model; batch = images per call
     inference_rounds: int = 3
+    eval_images: int = 100  # synthetic val images (launch/demo.sh's default)
+    eval_rounds: int = 5
     compile_backend: str = "inductor"
     compile_dtypes: tuple[str, ...] = ("fp32", "bf16")  # bf16 only where the CPU has it natively
     notes: list[str] = field(default_factory=list)
@@ -60,17 +64,17 @@ class Preset:
 PRESETS = {
     # The recipe's model (8x256 @ 256 px). Checkpointing at 128 px input: activations and FLOPs
     # both scale with the pixels, so the ratios are those of 256 px at a quarter of the time;
-    # compile on the demo's model (2x64 @ 128 px, batch 16: the CPU use case), since inductor
+    # compile on the demo's model (2x128 @ 128 px, batch 16: the CPU use case), since inductor
     # takes many minutes for 8 stacks on 2 cores. Scaling on a smaller model for time's sake.
     "full": Preset(train=ModelShape(8, 256, 256, 4), train_repeats=5, sweep_repeats=3,
-                   compile=ModelShape(2, 64, 128, 16), compile_repeats=5, compile_dtypes=("bf16",),
+                   compile=ModelShape(2, 128, 128, 16), compile_repeats=5, compile_dtypes=("bf16",),
                    checkpointing=ModelShape(8, 256, 128, 8), checkpointing_batches=[8, 16],
                    checkpointing_rounds=5, checkpointing_steps=1,
                    scaling=ModelShape(2, 128, 256, 4), scaling_rounds=2, scaling_steps=6,
                    notes=["checkpointing runs the recipe's 8x256 model at 128 px input: activations and "
                           "FLOPs both scale with the pixels, so its memory and time ratios are those of 256 px "
                           "at a quarter of the time",
-                          "compile runs the demo's model (2x64 @ 128 px, batch 16) in bf16, the demo's precision "
+                          "compile runs the demo's model (2x128 @ 128 px, batch 16) in bf16, the demo's precision "
                           "on CPUs with native bf16 (the CPU use case); inductor did not finish compiling the "
                           "8x256 model within 10 minutes on this VM under load"]),
     # Everything smaller: `all` in a few minutes.
@@ -80,7 +84,7 @@ PRESETS = {
                     checkpointing_rounds=1, checkpointing_steps=2,
                     scaling=ModelShape(1, 64, 128, 2), scaling_rounds=1, scaling_steps=3, scaling_warmup=1,
                     data_images=40, data_samples=64, data_repeats=2, data_workers=1,
-                    inference=ModelShape(2, 64, 256, 4), inference_rounds=2),
+                    inference=ModelShape(2, 64, 256, 4), inference_rounds=2, eval_images=20, eval_rounds=2),
     # Seconds: for the test suite (checks that every part runs and writes its keys). Its compile
     # part uses aot_eager (tracing, no code generation): inductor would take minutes cold.
     "smoke": Preset(train=ModelShape(1, 16, 64, 2), train_repeats=2, sweep_repeats=1,
@@ -90,7 +94,7 @@ PRESETS = {
                     checkpointing_rounds=1, checkpointing_steps=1,
                     scaling=ModelShape(1, 16, 64, 2), scaling_rounds=1, scaling_steps=2, scaling_warmup=1,
                     with_deepspeed=False, data_images=16, data_samples=16, data_repeats=1, data_workers=1,
-                    inference=ModelShape(1, 16, 256, 2), inference_rounds=1),
+                    inference=ModelShape(1, 16, 256, 2), inference_rounds=1, eval_images=4, eval_rounds=1),
 }
 
 
@@ -132,27 +136,6 @@ DATA_PAIRINGS = (("recipe", "coco_hg8_256.yaml", 384),  # the COCO recipe on sha
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
-def _synthetic_coco_shards(root: Path, images: int, max_sides: list[int]) -> tuple[dict[int, str], str]:
-    """A synthetic COCO-format set (as launch/demo.sh makes it) and its train shards at each
-    crop size: ({max side: shard dir}, data root)."""
-    import subprocess
-    import sys
-
-    data = root / "data"
-    commands = [["synth", "--format", "coco", "--out", str(data), "--images", str(images), "--val-images", "4",
-                 "--seed", "0", "--difficulty", "medium", "--workers", "2"]]
-    shard_dirs = {side: str(root / f"shards-{side}" / "train") for side in max_sides}
-    for side, shards in shard_dirs.items():
-        commands.append(["coco", "--annotations", str(data / "annotations" / "person_keypoints_train.json"),
-                         "--images", str(data / "images" / "train"), "--out", shards, "--split", "train",
-                         "--workers", "2", "--samples-per-shard", "64", "--max-side", str(side), "--no-progress"])
-    for command in commands:
-        done = subprocess.run([sys.executable, "-m", "shards", *command], capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"shards {command[0]} failed: {done.stderr[-2000:]}")
-    return shard_dirs, str(data)
-
-
 def _run_data(preset: Preset) -> dict:
     """Both pairings of DATA_PAIRINGS on the same synthetic people."""
     try:
@@ -161,11 +144,12 @@ def _run_data(preset: Preset) -> dict:
         return {"skipped": f"trainer/bench/data.py is not available ({err})"}
     import tempfile
 
+    from trainer.bench.synthetic import synthetic_coco_shards
     from trainer.config import load_config
 
     results = {}
     with tempfile.TemporaryDirectory(prefix="poseforge-bench-data-") as scratch:
-        shard_dirs, coco_root = _synthetic_coco_shards(Path(scratch), preset.data_images,
+        shard_dirs, coco_root = synthetic_coco_shards(Path(scratch), preset.data_images,
                                                        sorted({side for _, _, side in DATA_PAIRINGS}))
         for name, config_file, max_side in DATA_PAIRINGS:
             config = load_config(CONFIG_DIR / config_file)  # its input size, augmentation, batch size
@@ -200,6 +184,9 @@ def run_part(part: str, preset: Preset) -> dict:
     if part == "inference":
         from trainer.bench.inference import measure_inference
         return {"inference": measure_inference(preset.inference, preset.inference_rounds)}
+    if part == "evaluation":
+        from trainer.bench.evaluation import measure_evaluation
+        return {"evaluation": measure_evaluation(preset.eval_images, preset.eval_rounds)}
     raise ValueError(f"unknown benchmark part {part!r}")
 
 

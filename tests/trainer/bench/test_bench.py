@@ -93,3 +93,21 @@ def test_inference_benchmark_times_the_pyfunc_and_the_served_model(tmp_path):
     assert inference["served_over_pyfunc_time"]["median"] > 0
     result = json.loads(out.read_text())
     assert "pyfunc vs served" in render_markdown({**result, "parts": {"inference": inference}})
+
+
+def test_evaluation_benchmark_times_eval_with_and_without_flip_and_predict(tmp_path):
+    out = tmp_path / "bench.json"
+    assert run_bench(_parse(["bench", "evaluation", "--preset", "smoke", "--json", str(out)])) == 0
+    result = json.loads(out.read_text())
+    evaluation = result["parts"]["evaluation"]
+    assert evaluation["model"].endswith("(demo_cpu.yaml)") and evaluation["val_images"] == 4
+    # every labelled, non-crowd person of the 4 synthetic val photos is one evaluation sample
+    assert evaluation["val_samples"] >= 4 and evaluation["val_samples"] == round(
+        evaluation["predict"]["people_per_s"] / evaluation["predict"]["images_per_s"] * 4)
+    for name in ("with_flip", "without_flip"):
+        assert evaluation[name]["samples_per_s"] > 0 and len(evaluation[name]["runs_s"]) == 1
+        share = evaluation[name]["cost_in_train_samples"] * 100 / 800
+        assert evaluation[name]["demo_share_of_epoch"] == pytest.approx(share)
+    assert evaluation["flip_cost"] > 0 and evaluation["train_samples_per_s"] > 0
+    markdown = render_markdown(result)
+    assert "Evaluation speed" in markdown and "share of a training epoch" in markdown and "`trainer predict` speed" in markdown
