@@ -343,8 +343,9 @@ def _command_text(result: dict, json_path: str) -> str:
     threads = f" --threads {result['threads_per_process']}" if result.get("threads_per_process") else ""
     if len(parts) == 1:
         return f"`python -m trainer bench {parts[0]}{threads} --json {json_path}`"
-    return (f"`python -m trainer bench <part>{threads} --json <part>.json` for each of {', '.join(parts)} (separate runs, "
-            f"merged by `python -m trainer.bench.report {json_path}`)")
+    runs = ", then ".join(f"`python -m trainer bench {part}{threads}`" for part in parts)
+    return f"{runs} (separate runs, a later one's parts replacing the earlier ones'; merged by " \
+           f"`python -m trainer.bench.report {json_path}`)"
 
 
 def readme_block(result: dict, json_path: str) -> str:

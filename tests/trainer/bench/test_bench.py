@@ -51,7 +51,7 @@ def test_compute_parts_write_their_figures(tmp_path):
     rewrite_readme(str(readme), merged, "bench.json")
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old table" not in text
-    assert "for each of train, compile, checkpointing" in text and "model FLOP utilisation" in text and "**Taken under load**" in text
+    assert "`python -m trainer bench train`, then `python -m trainer bench compile`, then `python -m trainer bench checkpointing` (separate runs" in text and "model FLOP utilisation" in text and "**Taken under load**" in text
 
 
 def test_unknown_part_is_refused():
