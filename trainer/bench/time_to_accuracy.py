@@ -36,12 +36,16 @@ def _read_json(path: Path) -> Any:
         raise DemoDirError(f"{path}: not readable as JSON ({error})") from None
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def read_chain(directory: str) -> dict[str, Any]:
     """One demo chain: its seed, total seconds, and (seconds since the start, AP) per evaluation."""
     root = Path(directory)
     chain = _read_json(root / "chain.json")
-    if not isinstance(chain, dict) or not {"started_at", "seconds"} <= set(chain):
-        raise DemoDirError(f"{root / 'chain.json'}: needs started_at and seconds (written by launch/demo.sh)")
+    if not isinstance(chain, dict) or not all(_is_number(chain.get(key)) for key in ("started_at", "seconds")):
+        raise DemoDirError(f"{root / 'chain.json'}: needs numbers started_at and seconds (written by launch/demo.sh)")
     metrics_file = root / "run" / "metrics.jsonl"
     try:
         lines = metrics_file.read_text().splitlines()
@@ -54,7 +58,12 @@ def read_chain(directory: str) -> dict[str, Any]:
         try:
             record = json.loads(line)
         except ValueError:
-            raise DemoDirError(f"{metrics_file}:{number}: not a JSON record") from None
+            record = None
+        if not isinstance(record, dict) or not _is_number(record.get("time")) or not _is_number(record.get("step")):
+            raise DemoDirError(f"{metrics_file}:{number}: not a metrics record (a JSON object with step and time)")
+        if any(key in record and not _is_number(record[key])
+               for key in (METRIC, "time/eval_seconds", "time/epoch_seconds")):
+            raise DemoDirError(f"{metrics_file}:{number}: {METRIC} and the time/ values must be numbers")
         if METRIC in record:
             points.append({"seconds": record["time"] - chain["started_at"], "step": record["step"],
                            "AP": record[METRIC]})
@@ -133,10 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"final AP {summary['final_AP']['min']:.3f}-{summary['final_AP']['max']:.3f} (median "
           f"{summary['final_AP']['median']:.3f}), chain {summary['seconds']['min']:.0f}-{summary['seconds']['max']:.0f} s; "
           f"target {summary['target']}: {summary['verdict']} ({summary['runs_meeting_target']} of {summary['runs']})")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-    if args.png:
-        draw(chains, args.png)
+    try:
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        if args.png:
+            draw(chains, args.png)
+    except OSError as error:
+        print(f"time_to_accuracy: cannot write {error.filename}: {error.strerror}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -52,9 +52,28 @@ def test_command_writes_json_and_plot_and_refuses_a_non_demo_dir(tmp_path, capsy
     assert json.loads(out_json.read_text())["summary"]["verdict"] == "met"
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "seed 7: 250 s: 0.500, 470 s: 0.620; whole chain 480 s" in capsys.readouterr().out
+    assert main([str(directory), "--json", str(tmp_path / "missing" / "t.json")]) == 2
+    assert "cannot write" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty")]) == 2
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and "chain.json" in error
     unfinished = _demo_dir(tmp_path / "u", 0, 0.0, 10, [])
     assert main([str(unfinished)]) == 2 and "no eval/AP record" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad_line", ['"just a string"', "[1, 2]", '{"step": 3}', '{"step": 1, "time": "noon"}',
+                                      '{"step": 1, "time": 5.0, "eval/AP": "high"}', "{not json"])
+def test_a_damaged_metrics_line_is_named_not_a_traceback(tmp_path, capsys, bad_line):
+    directory = _demo_dir(tmp_path / "d", 0, 0.0, 100, [(1, 50.0, 0.5)])
+    with open(directory / "run" / "metrics.jsonl", "a") as handle:
+        handle.write(bad_line + "\n")
+    assert main([str(directory)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "metrics.jsonl:3:" in error  # after the train and the eval record, error
+
+
+def test_a_chain_file_without_numbers_is_refused(tmp_path, capsys):
+    directory = _demo_dir(tmp_path / "d", 0, 0.0, 100, [(1, 50.0, 0.5)])
+    (directory / "chain.json").write_text('{"started_at": "today", "seconds": 100}')
+    assert main([str(directory)]) == 2 and "chain.json: needs numbers" in capsys.readouterr().err
