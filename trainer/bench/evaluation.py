@@ -32,11 +32,11 @@ STORED_MAX_SIDE = 192  # launch/demo.sh's --max-side
 DEMO_TRAIN_IMAGES, DEMO_VAL_IMAGES = 800, 100  # launch/demo.sh's defaults
 
 
-def _dtype(config) -> torch.dtype:
-    from trainer.backends.base import cpu_has_native_bf16
-    if config.precision.dtype == "bf16" and cpu_has_native_bf16() is not False:
-        return torch.bfloat16
-    return torch.float32
+def _autocast_dtype(config) -> torch.dtype | None:
+    """The config's autocast dtype as launch/demo.sh picks it: bf16 only where the CPU has it natively."""
+    from trainer.backends.base import PRECISION_DTYPES, cpu_has_native_bf16
+    dtype = PRECISION_DTYPES[config.precision.dtype]
+    return None if dtype == torch.bfloat16 and cpu_has_native_bf16() is False else dtype
 
 
 def measure_evaluation(val_images: int, rounds: int, config_path: Path = DEMO_CONFIG) -> dict:
@@ -49,22 +49,23 @@ def measure_evaluation(val_images: int, rounds: int, config_path: Path = DEMO_CO
     from trainer.data import eval_manifest
     from trainer.dist import WorldInfo
     from trainer.evaluation.runner import predict_samples, score
+    from trainer.backends.base import autocast_context
     from trainer.inference.predictor import Predictor
-    from trainer.model import StackedHourglass
+    from trainer.model import build_model as build_config_model
     from trainer.model.codec import make_codec
 
     threads = use_all_cores()
     config = load_config(config_path)
     schema = load_schema(config.data.schema)
-    dtype = _dtype(config)
+    dtype = _autocast_dtype(config)
     torch.manual_seed(0)
-    model = StackedHourglass(schema.num_keypoints, config.model.stacks, config.model.features, config.model.depth)
+    model = build_config_model(config, schema.num_keypoints)
     if config.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.eval()
 
     def forward(images: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+        with autocast_context(torch.device("cpu"), dtype):
             return model(images)
 
     with tempfile.TemporaryDirectory(prefix="poseforge-bench-eval-") as scratch:
@@ -108,13 +109,12 @@ def measure_evaluation(val_images: int, rounds: int, config_path: Path = DEMO_CO
     train_model = build_model(shape, config.model.channels_last)
     optimizer = torch.optim.Adam(train_model.parameters(), lr=1e-3)
     images, target = float_input(shape, config.model.channels_last), bare_target(train_model, shape)
-    autocast = dtype if dtype != torch.float32 else None
-    train_times = interleaved({"train": lambda: bare_step(train_model, optimizer, images, target, autocast)},
+    train_times = interleaved({"train": lambda: bare_step(train_model, optimizer, images, target, dtype)},
                               repeats=max(3, rounds), warmup=2)["train"]
     train_rate = shape.batch / statistics.median(train_times)
 
     result = {"model": f"{config.model.stacks}x{config.model.features} @ {side}px ({config_path.name})",
-              "precision": str(dtype).replace("torch.", ""), "threads": threads, "val_samples": samples,
+              "precision": str(dtype or torch.float32).replace("torch.", ""), "threads": threads, "val_samples": samples,
               "val_images": len(photos), "eval_batch_size": config.eval.batch_size,
               "loader_workers": config.data.workers, "scoring_seconds": score_seconds,
               "predict": {**summary(predict_times), "images_per_s": len(photos) / statistics.median(predict_times),
